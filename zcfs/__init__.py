@@ -1,0 +1,1 @@
+"""zcfs: a zero-copy FUSE passthrough filesystem."""
