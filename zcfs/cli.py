@@ -1,0 +1,134 @@
+"""The `zcfs` command: mount a mirror (`zcfs BACKING MNT`) or read its stats (`zcfs stats MNT`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from typing import Callable
+
+from .mount import ENGINES, TIERS, MountConfig, UsageError, check_paths, parse_options
+
+log = logging.getLogger("zcfs")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not a usage screen
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="zcfs", description="Mount a zero-copy mirror of BACKING at MOUNTPOINT.")
+    parser.add_argument("backing", help="the directory to mirror")
+    parser.add_argument("mountpoint", help="where to mount the mirror")
+    parser.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
+                        help="mount options: allow_other, ro, fsname=, entry_timeout=S, attr_timeout=S, ...")
+    parser.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
+    parser.add_argument("--engine", choices=ENGINES, default="native",
+                        help="native (default, zero-copy) or pyfuse3 (reference)")
+    parser.add_argument("--zero-copy", choices=TIERS, default="auto",
+                        help="best read tier to use: auto (default), passthrough, splice or off (copy)")
+    parser.add_argument("--debug", action="store_true", help="log every request")
+    parser.add_argument("--log", metavar="FILE", help="log file of the background daemon")
+    parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    return parser
+
+
+def parse_args(args: list[str]) -> tuple[MountConfig, argparse.Namespace]:
+    """Turn the command line into a MountConfig; UsageError on mistakes."""
+    ns = build_parser().parse_args(args)
+    config = MountConfig(ns.backing, ns.mountpoint, engine=ns.engine, zero_copy=ns.zero_copy)
+    parse_options(ns.options, config)
+    return config, ns
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["stats"]:
+        from .statscli import main as stats_main
+        return stats_main(argv[1:])
+    try:
+        config, ns = parse_args(argv)
+    except UsageError as exc:
+        print(f"zcfs: {exc}", file=sys.stderr)
+        return 2
+    if not ns.foreground:
+        return _spawn_daemon(argv, ns)
+    _setup_logging(ns)
+    report = _ready_reporter(ns.ready_fd)
+    try:
+        for note in check_paths(config):
+            print(f"zcfs: {note}", file=sys.stderr)
+        serve(config, on_ready=lambda: report("ready"))
+    except UsageError as exc:
+        report(f"error {exc}")
+        if ns.ready_fd is None:
+            print(f"zcfs: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def serve(config: MountConfig, on_ready: Callable[[], None]) -> None:
+    """Mount `config` and serve it until unmounted. Blocks."""
+    from .fs import ZcfsOperations
+
+    os.umask(0)  # the kernel already applied the caller's umask
+    ops = ZcfsOperations(config.backing, config.fs)
+    try:
+        if config.engine == "pyfuse3":
+            from .engine import reference
+            reference.run(ops, config, on_ready)
+        else:
+            from .engine import native
+            native.run(ops, config, on_ready)
+    finally:
+        ops.close()
+
+
+def _setup_logging(ns: argparse.Namespace) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if ns.debug else logging.INFO,
+        filename=ns.log,
+        format="%(asctime)s zcfs[%(process)d] %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _ready_reporter(fd: int | None) -> Callable[[str], None]:
+    """A function that tells the waiting parent one line, once."""
+    def report(line: str) -> None:
+        nonlocal fd
+        if fd is not None:
+            os.write(fd, line.encode(errors="replace") + b"\n")
+            os.close(fd)
+            fd = None
+    return report
+
+
+def _spawn_daemon(argv: list[str], ns: argparse.Namespace) -> int:
+    """Run the daemon in the background; return once its mount is ready."""
+    read_end, write_end = os.pipe()
+    log_target = open(ns.log, "ab") if ns.log else subprocess.DEVNULL
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "zcfs", *argv, "-f", "--ready-fd", str(write_end)],
+            pass_fds=(write_end,), stdin=subprocess.DEVNULL, stdout=log_target, stderr=log_target,
+            start_new_session=True,
+        )
+    finally:
+        os.close(write_end)
+        if ns.log:
+            log_target.close()
+    with os.fdopen(read_end, "rb") as status:
+        line = status.readline().decode(errors="replace").strip()
+    if line == "ready":
+        return 0
+    if line.startswith("error "):
+        print(f"zcfs: {line[6:]}", file=sys.stderr)
+    else:
+        code = child.wait()
+        print(f"zcfs: the daemon exited (status {code}) before the mount was ready"
+              + ("" if ns.log else "; run with -f or --log FILE to see why"), file=sys.stderr)
+    child.wait()
+    return 1

@@ -1,0 +1,511 @@
+"""ZcfsOperations: the passthrough filesystem, written once for both engines.
+
+Every operation works relative to the O_PATH fd of an inode (`openat`-style,
+one name at a time, never following symlinks), so no name can climb out of
+the backing directory and renames underneath do not confuse us. Handlers
+just make their syscalls: `OSError` becomes `FUSEError` in one place
+(`_errors`). Data-path syscalls that can block for long (pread, pwrite,
+fsync) run in a worker thread so one slow disk request does not stall the
+event loop.
+
+The native engine calls the same methods with duck-typed request contexts
+and setattr fields (objects with the attribute names pyfuse3 uses), and
+serves READ itself from `file_fd()`: this class says where the bytes are,
+the engine picks the tier.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import functools
+import logging
+import os
+import stat
+from typing import Any, Callable, Iterator
+
+import pyfuse3
+import trio
+
+from . import syscalls
+from .inodes import ROOT_INODE, Inode, InodeTable
+
+log = logging.getLogger(__name__)
+
+STATS_XATTR = b"user.zcfs.stats"  # read on the mount root: the stats channel
+
+
+@dataclasses.dataclass(frozen=True)
+class FsOptions:
+    """Settings of the filesystem proper (cache timeouts in seconds)."""
+
+    entry_timeout: float = 1.0
+    attr_timeout: float = 1.0
+    negative_timeout: float = 0.0
+    keep_cache: bool = True
+    read_only: bool = False
+
+
+@dataclasses.dataclass(eq=False)
+class OpenFile:
+    """An open backing file: the fd behind a file handle."""
+
+    fd: int
+    inode: Inode
+    flags: int
+
+
+@dataclasses.dataclass(eq=False)
+class OpenDir:
+    """An open directory: a listing snapshot so offsets stay stable."""
+
+    inode: Inode
+    # (name, d_ino, d_type) taken when a listing starts at offset 0;
+    # offset k means "after entry k-1", so entries vanishing or appearing
+    # mid-listing never shift or repeat what the caller already has.
+    entries: list[tuple[bytes, int, int]] | None = None
+
+
+def _errors(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn OSError from a handler's syscalls into FUSEError (one place for all)."""
+
+    @functools.wraps(handler)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await handler(*args, **kwargs)
+        except OSError as exc:
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+
+    return wrapper
+
+
+def _check_name(name: bytes) -> bytes:
+    """Refuse names that could leave their directory (EINVAL)."""
+    if not name or b"/" in name or b"\0" in name or name in (b".", b".."):
+        raise pyfuse3.FUSEError(errno.EINVAL)
+    if len(name) > 255:
+        raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+    return name
+
+
+class ZcfsOperations(pyfuse3.Operations):
+    """A read-write mirror of a backing directory."""
+
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, backing_dir: str, options: FsOptions = FsOptions(), stats: Any = None) -> None:
+        super().__init__()
+        root_fd = os.open(backing_dir, os.O_PATH | os.O_DIRECTORY)
+        self.options = options
+        self.inodes = InodeTable(root_fd)
+        self.stats = stats  # anything with a `json()` method, or None
+        self._files: dict[int, OpenFile] = {}
+        self._dirs: dict[int, OpenDir] = {}
+        self._next_fh = 1
+        self._as_root = os.geteuid() == 0
+
+    # -- helpers ---------------------------------------------------------
+
+    def _inode(self, number: int) -> Inode:
+        try:
+            return self.inodes.get(number)
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.ESTALE) from None
+
+    def _new_fh(self) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        return fh
+
+    def file(self, fh: int) -> OpenFile:
+        """The open file behind handle `fh` (EBADF if unknown)."""
+        try:
+            return self._files[fh]
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.EBADF) from None
+
+    def file_fd(self, fh: int) -> int:
+        """The backing fd to read a handle's bytes from (the read seam)."""
+        return self.file(fh).fd
+
+    def _attributes(self, inode: Inode, st: os.stat_result | None = None) -> pyfuse3.EntryAttributes:
+        if st is None:
+            st = os.fstat(inode.fd)
+        entry = pyfuse3.EntryAttributes()
+        for name in ("st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size",
+                     "st_blksize", "st_blocks", "st_atime_ns", "st_mtime_ns", "st_ctime_ns"):
+            setattr(entry, name, getattr(st, name))
+        entry.st_ino = inode.number
+        entry.generation = 0
+        entry.entry_timeout = self.options.entry_timeout
+        entry.attr_timeout = self.options.attr_timeout
+        return entry
+
+    def _lookup_name(self, parent: Inode, name: bytes) -> tuple[Inode, os.stat_result]:
+        """Find `name` in `parent` and count one kernel lookup of it."""
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW, dir_fd=parent.fd)
+        try:
+            st = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return self.inodes.remember(fd, st), st
+
+    def _entry_for(self, parent: Inode, name: bytes) -> pyfuse3.EntryAttributes:
+        inode, st = self._lookup_name(parent, name)
+        return self._attributes(inode, st)
+
+    def _check_writable(self) -> None:
+        if self.options.read_only:
+            raise pyfuse3.FUSEError(errno.EROFS)
+
+    def _give_to_caller(self, parent: Inode, name: bytes, ctx: Any) -> None:
+        """Make a new object owned by the calling process, as a local fs would.
+
+        Only possible as root. The group comes from a setgid parent, as
+        POSIX says, else from the caller.
+        """
+        if not self._as_root or (ctx.uid == 0 and ctx.gid == 0):
+            return
+        parent_mode = os.fstat(parent.fd).st_mode
+        gid = -1 if parent_mode & stat.S_ISGID else ctx.gid
+        before = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+        os.chown(name, ctx.uid, gid, dir_fd=parent.fd, follow_symlinks=False)
+        # chown clears setuid/setgid on files; the caller asked for them.
+        setid = before.st_mode & (stat.S_ISUID | stat.S_ISGID)
+        if setid and not stat.S_ISLNK(before.st_mode):
+            os.chmod(name, stat.S_IMODE(before.st_mode), dir_fd=parent.fd)
+
+    # -- lookup and attributes ------------------------------------------
+
+    @_errors
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        parent = self._inode(parent_inode)
+        if name == b".":
+            return await self._relookup(parent)
+        if name == b"..":
+            if parent.number == ROOT_INODE:
+                return await self._relookup(parent)
+            return self._entry_for(parent, b"..")
+        return self._entry_for(parent, _check_name(name))
+
+    async def _relookup(self, inode: Inode) -> pyfuse3.EntryAttributes:
+        inode.lookups += 1
+        return self._attributes(inode)
+
+    async def forget(self, inode_list: Any) -> None:
+        for number, count in inode_list:
+            self.inodes.forget(number, count)
+
+    @_errors
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        return self._attributes(self._inode(inode))
+
+    @_errors
+    async def setattr(self, inode: int, attr: Any, fields: Any, fh: int | None, ctx: Any) -> pyfuse3.EntryAttributes:
+        node = self._inode(inode)
+        self._check_writable()
+        path = syscalls.proc_path(node.fd)
+        if fields.update_size:
+            if fh is not None and fh in self._files:
+                os.ftruncate(self._files[fh].fd, attr.st_size)
+            else:
+                os.truncate(path, attr.st_size)
+        if fields.update_mode:
+            if node.is_symlink:
+                raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+            os.chmod(path, stat.S_IMODE(attr.st_mode))
+        if fields.update_uid or fields.update_gid:
+            uid = attr.st_uid if fields.update_uid else -1
+            gid = attr.st_gid if fields.update_gid else -1
+            syscalls.fchown_empty(node.fd, uid, gid)
+        if fields.update_atime or fields.update_mtime:
+            syscalls.utimens_empty(
+                node.fd,
+                attr.st_atime_ns if fields.update_atime else None,
+                attr.st_mtime_ns if fields.update_mtime else None,
+            )
+        return self._attributes(node)
+
+    @_errors
+    async def readlink(self, inode: int, ctx: Any = None) -> bytes:
+        return os.fsencode(os.readlink("", dir_fd=self._inode(inode).fd))
+
+    @_errors
+    async def access(self, inode: int, mode: int, ctx: Any) -> bool:
+        """Check `mode` (R_OK|W_OK|X_OK) for the caller from the backing permissions."""
+        st = os.fstat(self._inode(inode).fd)
+        if mode == os.F_OK:
+            return True
+        if ctx.uid == 0:
+            # root may do anything but execute a file no one may execute
+            return not (mode & os.X_OK) or stat.S_ISDIR(st.st_mode) or bool(st.st_mode & 0o111)
+        if ctx.uid == st.st_uid:
+            granted = (st.st_mode >> 6) & 7
+        elif ctx.gid == st.st_gid or st.st_gid in _groups_of(ctx.pid):
+            granted = (st.st_mode >> 3) & 7
+        else:
+            granted = st.st_mode & 7
+        return mode & granted == mode
+
+    # -- namespace -------------------------------------------------------
+
+    @_errors
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> pyfuse3.EntryAttributes:
+        parent = self._inode(parent_inode)
+        self._check_writable()
+        os.mknod(_check_name(name), mode, rdev, dir_fd=parent.fd)
+        self._give_to_caller(parent, name, ctx)
+        return self._entry_for(parent, name)
+
+    @_errors
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
+        parent = self._inode(parent_inode)
+        self._check_writable()
+        os.mkdir(_check_name(name), mode, dir_fd=parent.fd)
+        self._give_to_caller(parent, name, ctx)
+        return self._entry_for(parent, name)
+
+    @_errors
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
+        parent = self._inode(parent_inode)
+        self._check_writable()
+        os.symlink(target, _check_name(name), dir_fd=parent.fd)
+        self._give_to_caller(parent, name, ctx)
+        return self._entry_for(parent, name)
+
+    @_errors
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
+        node = self._inode(inode)
+        parent = self._inode(new_parent_inode)
+        self._check_writable()
+        # linkat through the magic link follows it to the object itself,
+        # never to a symlink's target.
+        os.link(syscalls.proc_path(node.fd), _check_name(new_name), dst_dir_fd=parent.fd, follow_symlinks=True)
+        return self._entry_for(parent, new_name)
+
+    @_errors
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        self._check_writable()
+        os.unlink(_check_name(name), dir_fd=self._inode(parent_inode).fd)
+
+    @_errors
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        self._check_writable()
+        os.rmdir(_check_name(name), dir_fd=self._inode(parent_inode).fd)
+
+    @_errors
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: Any) -> None:
+        self._check_writable()
+        old_parent = self._inode(parent_inode_old)
+        new_parent = self._inode(parent_inode_new)
+        syscalls.renameat2(old_parent.fd, _check_name(name_old), new_parent.fd, _check_name(name_new), flags)
+
+    # -- files -----------------------------------------------------------
+
+    def _open_file(self, inode: Inode, fd: int, flags: int) -> pyfuse3.FileInfo:
+        fh = self._new_fh()
+        self._files[fh] = OpenFile(fd, inode, flags)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=self.options.keep_cache)
+
+    @_errors
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        node = self._inode(inode)
+        if self.options.read_only and flags & os.O_ACCMODE != os.O_RDONLY:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        # Reopen the object itself; O_CREAT/O_EXCL/O_NOCTTY mean nothing here.
+        flags &= ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY)
+        fd = os.open(syscalls.proc_path(node.fd), flags | os.O_CLOEXEC)
+        return self._open_file(node, fd, flags)
+
+    @_errors
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        parent = self._inode(parent_inode)
+        self._check_writable()
+        fd = os.open(_check_name(name), flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=parent.fd)
+        try:
+            self._give_to_caller(parent, name, ctx)
+            node, st = self._lookup_name(parent, name)
+        except BaseException:
+            os.close(fd)
+            raise
+        return self._open_file(node, fd, flags), self._attributes(node, st)
+
+    @_errors
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return await trio.to_thread.run_sync(os.pread, self.file(fh).fd, size, off)
+
+    @_errors
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return await trio.to_thread.run_sync(os.pwrite, self.file(fh).fd, buf, off)
+
+    @_errors
+    async def flush(self, fh: int) -> None:
+        # close() of a dup reports deferred write errors (NFS) without
+        # closing the handle, which stays open until RELEASE.
+        os.close(os.dup(self.file(fh).fd))
+
+    @_errors
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, self.file(fh).fd)
+
+    @_errors
+    async def release(self, fh: int) -> None:
+        opened = self._files.pop(fh, None)
+        if opened is not None:
+            os.close(opened.fd)
+
+    # -- beyond pyfuse3: the native engine dispatches these --------------
+
+    @_errors
+    async def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        await trio.to_thread.run_sync(syscalls.fallocate, self.file(fh).fd, mode, offset, length)
+
+    @_errors
+    async def lseek(self, fh: int, offset: int, whence: int) -> int:
+        return os.lseek(self.file(fh).fd, offset, whence)
+
+    @_errors
+    async def copy_file_range(self, fh_in: int, off_in: int, fh_out: int, off_out: int,
+                              length: int, flags: int) -> int:
+        fd_in, fd_out = self.file(fh_in).fd, self.file(fh_out).fd
+        return await trio.to_thread.run_sync(
+            functools.partial(os.copy_file_range, fd_in, fd_out, length, off_in, off_out))
+
+    # -- directories -----------------------------------------------------
+
+    @_errors
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        node = self._inode(inode)
+        fh = self._new_fh()
+        self._dirs[fh] = OpenDir(node)
+        return fh
+
+    def _opendir(self, fh: int) -> OpenDir:
+        try:
+            return self._dirs[fh]
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.EBADF) from None
+
+    def list_entries(self, fh: int, start: int) -> Iterator[tuple[int, bytes, int, int]]:
+        """Yield (next_offset, name, d_ino, d_type) from offset `start` on.
+
+        Offset 0 (re)reads the directory, like rewinddir().
+        """
+        opened = self._opendir(fh)
+        if start == 0 or opened.entries is None:
+            opened.entries = _read_directory(opened.inode.fd)
+        for index in range(start, len(opened.entries)):
+            name, d_ino, d_type = opened.entries[index]
+            yield index + 1, name, d_ino, d_type
+
+    def lookup_entry(self, fh: int, name: bytes) -> pyfuse3.EntryAttributes | None:
+        """Look up a listed name for READDIRPLUS; None if it vanished since."""
+        try:
+            return self._entry_for(self._opendir(fh).inode, name)
+        except FileNotFoundError:
+            return None
+
+    @_errors
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        for next_offset, name, _, _ in self.list_entries(fh, start_id):
+            entry = self.lookup_entry(fh, name)
+            if entry is None:
+                continue
+            if not pyfuse3.readdir_reply(token, name, entry, next_offset):
+                # Not sent: the kernel will not count this lookup.
+                self.inodes.forget(entry.st_ino, 1)
+                break
+
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    @_errors
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        fd = os.open(syscalls.proc_path(self._opendir(fh).inode.fd), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fd)
+        finally:
+            os.close(fd)
+
+    @_errors
+    async def statfs(self, ctx: Any = None) -> pyfuse3.StatvfsData:
+        st = os.statvfs(self.inodes.root.fd)
+        data = pyfuse3.StatvfsData()
+        for name in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail",
+                     "f_files", "f_ffree", "f_favail", "f_namemax"):
+            setattr(data, name, getattr(st, name))
+        return data
+
+    # -- extended attributes ---------------------------------------------
+
+    def _xattr_path(self, inode: int) -> str:
+        return syscalls.proc_path(self._inode(inode).fd)
+
+    @_errors
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any, flags: int = 0) -> None:
+        self._check_writable()
+        os.setxattr(self._xattr_path(inode), name, value, flags)
+
+    @_errors
+    async def getxattr(self, inode: int, name: bytes, ctx: Any = None) -> bytes:
+        if inode == ROOT_INODE and name == STATS_XATTR and self.stats is not None:
+            return self.stats.json().encode()
+        return os.getxattr(self._xattr_path(inode), name)
+
+    @_errors
+    async def listxattr(self, inode: int, ctx: Any = None) -> list[bytes]:
+        return [os.fsencode(n) for n in os.listxattr(self._xattr_path(inode))]
+
+    @_errors
+    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+        self._check_writable()
+        os.removexattr(self._xattr_path(inode), name)
+
+    def close(self) -> None:
+        """Release every fd we hold (after unmount)."""
+        for opened in self._files.values():
+            os.close(opened.fd)
+        self._files.clear()
+        self._dirs.clear()
+        self.inodes.close_all()
+
+
+def _read_directory(dir_o_path_fd: int) -> list[tuple[bytes, int, int]]:
+    """List a directory (without . and ..) as (name, d_ino, d_type)."""
+    fd = os.open(syscalls.proc_path(dir_o_path_fd), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with os.scandir(fd) as listing:
+            return [(os.fsencode(e.name), e.inode(), _dtype(e)) for e in listing]
+    finally:
+        os.close(fd)
+
+
+def _dtype(entry: os.DirEntry) -> int:
+    """The DT_* type of a directory entry, without a stat where possible."""
+    try:
+        if entry.is_symlink():
+            return stat.S_IFLNK >> 12
+        if entry.is_dir(follow_symlinks=False):
+            return stat.S_IFDIR >> 12
+        if entry.is_file(follow_symlinks=False):
+            return stat.S_IFREG >> 12
+        return stat.S_IFMT(entry.stat(follow_symlinks=False).st_mode) >> 12
+    except OSError:
+        return 0  # DT_UNKNOWN: it vanished; the caller's stat will say so
+
+
+def _groups_of(pid: int) -> set[int]:
+    """Supplementary groups of a process (for access())."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Groups:"):
+                    return {int(g) for g in line.split()[1:]}
+    except OSError:
+        pass
+    return set()

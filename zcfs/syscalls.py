@@ -1,0 +1,64 @@
+"""System calls that the os module lacks (renameat2, AT_EMPTY_PATH variants)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+AT_EMPTY_PATH = 0x1000
+AT_SYMLINK_NOFOLLOW = 0x100
+RENAME_NOREPLACE = 1 << 0
+RENAME_EXCHANGE = 1 << 1
+RENAME_WHITEOUT = 1 << 2
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def _check(result: int) -> int:
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return result
+
+
+def renameat2(old_dir_fd: int, old_name: bytes, new_dir_fd: int, new_name: bytes, flags: int) -> None:
+    """rename(2) between two directory fds, with RENAME_NOREPLACE/EXCHANGE flags."""
+    _check(_libc.renameat2(old_dir_fd, old_name, new_dir_fd, new_name, ctypes.c_uint(flags)))
+
+
+def fchown_empty(fd: int, uid: int, gid: int) -> None:
+    """Change the owner of the object an O_PATH fd refers to (symlinks included)."""
+    _check(_libc.fchownat(fd, b"", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW))
+
+
+def utimens_empty(fd: int, atime_ns: int | None, mtime_ns: int | None) -> None:
+    """Set atime/mtime of the object an O_PATH fd refers to.
+
+    None leaves a time unchanged (UTIME_OMIT); the caller passes "now" as
+    a resolved nanosecond value or uses UTIME_NOW via `utimens_now`.
+    """
+    times = (_Timespec * 2)()
+    for slot, value in zip(times, (atime_ns, mtime_ns)):
+        if value is None:
+            slot.tv_sec, slot.tv_nsec = 0, UTIME_OMIT
+        elif value == UTIME_NOW:
+            slot.tv_sec, slot.tv_nsec = 0, UTIME_NOW
+        else:
+            slot.tv_sec, slot.tv_nsec = divmod(value, 1_000_000_000)
+    _check(_libc.utimensat(fd, b"", times, AT_EMPTY_PATH))
+
+
+def proc_path(fd: int) -> str:
+    """The /proc magic link that reopens an O_PATH fd's object."""
+    return f"/proc/self/fd/{fd}"
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    """fallocate(2) with any mode (os.posix_fallocate only does mode 0)."""
+    _check(_libc.fallocate(fd, mode, ctypes.c_long(offset), ctypes.c_long(length)))
