@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Make a fresh Debian 12 machine (root) ready for zcfs: system packages, a
+# virtualenv with zcfs and its test tools, an unprivileged test user.
+# Idempotent and quick when everything is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(fuse3 libfuse3-dev pkg-config gcc fio stress-ng attr acl rsync git tar psmisc)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+stamp=.venv/.zcfs-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/pip install -q -e '.[test]' 2>&1 | grep -v -e '^WARNING: Location' -e BuildBackendWarning || true
+  .venv/bin/python -c 'import pyfuse3, trio, pytest_trio, hypothesis'
+  touch "$stamp"
+fi
+
+# An unprivileged user for permission tests through -o allow_other.
+id -u zcfs-test >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin zcfs-test
+echo "setup: ready (.venv/bin/zcfs)"
