@@ -55,6 +55,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"zcfs: {exc}", file=sys.stderr)
         return 2
     if not ns.foreground:
+        # Check here too, so notes (a stale mount cleared) reach the user:
+        # the daemon's own stderr goes to its log or nowhere.
+        try:
+            for note in check_paths(config):
+                print(f"zcfs: {note}", file=sys.stderr)
+        except UsageError as exc:
+            print(f"zcfs: {exc}", file=sys.stderr)
+            return 1
         return _spawn_daemon(argv, ns)
     _setup_logging(ns)
     report = _ready_reporter(ns.ready_fd)
@@ -73,9 +81,11 @@ def main(argv: list[str] | None = None) -> int:
 def serve(config: MountConfig, on_ready: Callable[[], None]) -> None:
     """Mount `config` and serve it until unmounted. Blocks."""
     from .fs import ZcfsOperations
+    from .stats import Stats
 
     os.umask(0)  # the kernel already applied the caller's umask
-    ops = ZcfsOperations(config.backing, config.fs)
+    stats = Stats(config.engine, options=config.describe())
+    ops = ZcfsOperations(config.backing, config.fs, stats=stats)
     try:
         if config.engine == "pyfuse3":
             from .engine import reference

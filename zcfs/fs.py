@@ -316,9 +316,11 @@ class ZcfsOperations(pyfuse3.Operations):
         node = self._inode(inode)
         if self.options.read_only and flags & os.O_ACCMODE != os.O_RDONLY:
             raise pyfuse3.FUSEError(errno.EROFS)
-        # Reopen the object itself; O_CREAT/O_EXCL/O_NOCTTY mean nothing here.
-        flags &= ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY)
-        fd = os.open(syscalls.proc_path(node.fd), flags | os.O_CLOEXEC)
+        # Reopen the object itself; O_CREAT/O_EXCL/O_NOCTTY mean nothing here,
+        # and O_NOFOLLOW (the kernel already refused symlinks) would make the
+        # /proc magic link itself fail with ELOOP (cp -a and rsync use it).
+        flags &= ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_NOFOLLOW)
+        fd = os.open(syscalls.proc_path(node.fd), _backing_flags(flags))
         return self._open_file(node, fd, flags)
 
     @_errors
@@ -326,7 +328,7 @@ class ZcfsOperations(pyfuse3.Operations):
                      ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         parent = self._inode(parent_inode)
         self._check_writable()
-        fd = os.open(_check_name(name), flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=parent.fd)
+        fd = os.open(_check_name(name), _backing_flags(flags) | os.O_CREAT | os.O_NOFOLLOW, mode, dir_fd=parent.fd)
         try:
             self._give_to_caller(parent, name, ctx)
             node, st = self._lookup_name(parent, name)
@@ -473,6 +475,16 @@ class ZcfsOperations(pyfuse3.Operations):
         self._files.clear()
         self._dirs.clear()
         self.inodes.close_all()
+
+
+def _backing_flags(flags: int) -> int:
+    """Open flags for the backing fd behind a handle.
+
+    No O_DIRECT: the kernel already bypasses the mount's page cache for such
+    a handle, and our reads and writes use buffers of any alignment, which
+    an O_DIRECT backing fd refuses with EINVAL.
+    """
+    return (flags & ~os.O_DIRECT) | os.O_CLOEXEC
 
 
 def _read_directory(dir_o_path_fd: int) -> list[tuple[bytes, int, int]]:

@@ -53,9 +53,17 @@ class MountConfig:
     def read_only(self) -> bool:
         return self.fs.read_only
 
+    def describe(self) -> dict[str, object]:
+        """The mount's settings, for stats."""
+        return {
+            "backing": self.backing, "mountpoint": self.mountpoint, "zero_copy": self.zero_copy,
+            "allow_other": self.allow_other, "default_permissions": self.default_permissions,
+            **dataclasses.asdict(self.fs), "flags": self.flag_options + self.extra_fuse_options,
+        }
+
     def libfuse_options(self) -> set[str]:
         """Options in libfuse's spelling (for the pyfuse3 engine)."""
-        opts = {f"fsname={self.fsname}", f"subtype={self.subtype}"}
+        opts = {f"fsname={_libfuse_escape(self.fsname)}", f"subtype={_libfuse_escape(self.subtype)}"}
         opts.update(self.flag_options)
         opts.update(self.extra_fuse_options)
         if self.allow_other:
@@ -63,6 +71,23 @@ class MountConfig:
         if self.default_permissions:
             opts.add("default_permissions")
         return opts
+
+
+def _libfuse_escape(value: str) -> str:
+    """Spell an option value for libfuse's -o parser (which pyfuse3 feeds ASCII only).
+
+    A comma would split the option and a non-ASCII byte stops pyfuse3, so
+    `,` and `\\` get a backslash and other bytes an octal escape (`\\351`).
+    """
+    out = []
+    for byte in os.fsencode(value):
+        if byte in b",\\":
+            out.append("\\" + chr(byte))
+        elif byte < 0x20 or byte >= 0x7F:
+            out.append(f"\\{byte:03o}")
+        else:
+            out.append(chr(byte))
+    return "".join(out)
 
 
 def parse_options(specs: list[str], config: MountConfig) -> None:
@@ -101,6 +126,10 @@ def parse_options(specs: list[str], config: MountConfig) -> None:
                 config.extra_fuse_options.append(item)
             else:
                 raise UsageError(f"unknown mount option {item!r}")
+    if config.allow_other and not config.default_permissions:
+        # zcfs checks no permissions itself (only access()): every user would act as root.
+        raise UsageError("options allow_other and nodefault_permissions together would let every "
+                         "user read and write any backing file as root; drop one of them")
     if fs_changes:
         config.fs = dataclasses.replace(config.fs, **fs_changes)
 
@@ -132,7 +161,9 @@ def _unescape(field: bytes) -> str:
 def is_stale(path: str) -> bool:
     """True if `path` is a FUSE mount whose daemon is gone (ENOTCONN)."""
     try:
-        os.stat(path)
+        # statfs always asks the daemon; stat may be answered from the kernel's
+        # attribute cache for a while after the daemon died.
+        os.statvfs(path)
     except OSError as exc:
         return exc.errno == errno.ENOTCONN
     return False

@@ -1,0 +1,135 @@
+"""The stats layer: where every request and byte went, kept apart from the filesystem.
+
+Engines report events (`record_*`); anyone reads `statistics()`, a plain
+dict snapshot (the documented JSON shape, see README). Counters are plain
+ints touched from one thread at a time (the event loop, or a worker thread
+under the GIL for `record_data`), cheap enough to stay always on.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno as errno_names
+import json
+import time
+from typing import Any, Callable
+
+TIERS = ("passthrough", "splice", "copy")
+HISTOGRAM_BUCKETS = 32  # bucket k counts latencies in [2**(k-1), 2**k) microseconds
+
+
+class _OpCounters:
+    __slots__ = ("count", "errors", "latency")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.errors: collections.Counter[str] = collections.Counter()
+        self.latency = [0] * HISTOGRAM_BUCKETS
+
+
+class Stats:
+    """Counters of one mount."""
+
+    def __init__(self, engine: str, options: dict[str, Any] | None = None) -> None:
+        self.info: dict[str, Any] = {
+            "engine": engine,
+            "start_time": time.time(),
+            "protocol": None,
+            "capabilities": [],
+            "options": options or {},
+            "zero_copy": None,
+        }
+        self._ops: dict[str, _OpCounters] = collections.defaultdict(_OpCounters)
+        self._data = {direction: {"passthrough": {"opens": 0}, "splice": {"requests": 0, "bytes": 0},
+                                  "copy": {"requests": 0, "bytes": 0}}
+                      for direction in ("read", "write")}
+        self.fallbacks: collections.Counter[str] = collections.Counter()
+        self.open_files = {tier: 0 for tier in TIERS}
+        self.backing_ids = 0
+        self.in_flight = 0
+        self._gauges: dict[str, Callable[[], int]] = {}
+
+    # -- recording -------------------------------------------------------
+
+    def record_op(self, opcode: str, seconds: float, error: int = 0) -> None:
+        """Count one answered request: its latency and, if it failed, its errno."""
+        counters = self._ops[opcode]
+        counters.count += 1
+        if error:
+            counters.errors[errno_names.errorcode.get(error, str(error))] += 1
+        micros = int(seconds * 1e6)
+        counters.latency[min(micros.bit_length(), HISTOGRAM_BUCKETS - 1)] += 1
+
+    def record_data(self, direction: str, tier: str, nbytes: int) -> None:
+        """Count one READ or WRITE request served on `tier` ("splice"/"copy")."""
+        path = self._data[direction][tier]
+        path["requests"] += 1
+        path["bytes"] += nbytes
+
+    def record_open(self, tier: str) -> None:
+        """Count an open file on `tier`; passthrough opens also count as data opens."""
+        self.open_files[tier] += 1
+        if tier == "passthrough":
+            self._data["read"]["passthrough"]["opens"] += 1
+            self._data["write"]["passthrough"]["opens"] += 1
+
+    def record_release(self, tier: str) -> None:
+        self.open_files[tier] -= 1
+
+    def record_fallback(self, reason: str) -> None:
+        """Count a fall to a lower tier, by reason (e.g. "passthrough-eperm")."""
+        self.fallbacks[reason] += 1
+
+    def gauge(self, name: str, read: Callable[[], int]) -> None:
+        """Register a live gauge read at snapshot time (e.g. inodes known)."""
+        self._gauges[name] = read
+
+    # -- reading ---------------------------------------------------------
+
+    def statistics(self) -> dict[str, Any]:
+        """A snapshot: the documented JSON shape."""
+        gauges = {
+            "open_files": dict(self.open_files),
+            "backing_ids": self.backing_ids,
+            "in_flight": self.in_flight,
+        }
+        gauges.update({name: read() for name, read in self._gauges.items()})
+        return {
+            **self.info,
+            "uptime": time.time() - self.info["start_time"],
+            "read": _deep_copy(self._data["read"]),
+            "write": _deep_copy(self._data["write"]),
+            "fallbacks": dict(self.fallbacks),
+            "ops": {
+                name: {"count": c.count, "errors": dict(c.errors), "latency_us_log2": list(c.latency)}
+                for name, c in sorted(self._ops.items())
+            },
+            "gauges": gauges,
+        }
+
+    def json(self) -> str:
+        return json.dumps(self.statistics(), separators=(",", ":"))
+
+    def summary(self) -> str:
+        """One paragraph for the log at unmount."""
+        snap = self.statistics()
+        parts = []
+        for direction in ("read", "write"):
+            d = snap[direction]
+            parts.append(
+                f"{direction}: {d['passthrough']['opens']} passthrough opens, "
+                f"{d['splice']['requests']} splice requests ({_mib(d['splice']['bytes'])}), "
+                f"{d['copy']['requests']} copy requests ({_mib(d['copy']['bytes'])})")
+        total = sum(op["count"] for op in snap["ops"].values())
+        errors = sum(sum(op["errors"].values()) for op in snap["ops"].values())
+        fallbacks = ", ".join(f"{k} x{v}" for k, v in snap["fallbacks"].items()) or "none"
+        return (f"zcfs ({snap['engine']} engine) served {total} requests ({errors} errors) in "
+                f"{snap['uptime']:.0f} s; " + "; ".join(parts) + f"; fallbacks: {fallbacks}.")
+
+
+def _deep_copy(d: dict) -> dict:
+    return {k: dict(v) for k, v in d.items()}
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
