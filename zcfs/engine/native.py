@@ -528,7 +528,7 @@ async def _main(session: Session, on_ready: Callable[[], None]) -> None:
             await session.serve(task_status=task_status)
             nursery.cancel_scope.cancel()  # unmounted: stop the signal watcher too
 
-        nursery.start_soon(_unmount_on_signal, session.config.mountpoint)
+        nursery.start_soon(_unmount_on_signal, session.config.mountpoint, nursery.cancel_scope)
         await nursery.start(serve_then_stop)
         if session.tiers.passthrough_refused and session.config.zero_copy == "passthrough":
             log.warning("kernel passthrough is not possible here (%s); using %s",
@@ -536,8 +536,11 @@ async def _main(session: Session, on_ready: Callable[[], None]) -> None:
         on_ready()
 
 
-async def _unmount_on_signal(mountpoint: str) -> None:
+async def _unmount_on_signal(mountpoint: str, session_scope: trio.CancelScope) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async for _ in signals:
-            # The kernel then ends our read with ENODEV and serve() returns.
             await trio.to_thread.run_sync(devfuse.unmount, mountpoint)
+            # Files still open keep a detached mount alive; closing /dev/fuse
+            # (run() does, after this) aborts it and they see ENOTCONN.
+            session_scope.cancel()
+            return
