@@ -43,6 +43,7 @@ class FsOptions:
     attr_timeout: float = 1.0
     negative_timeout: float = 0.0
     keep_cache: bool = True
+    direct_io: bool = False  # bypass the mount's page cache (splice/copy tiers)
     read_only: bool = False
 
 
@@ -309,7 +310,7 @@ class ZcfsOperations(pyfuse3.Operations):
     def _open_file(self, inode: Inode, fd: int, flags: int) -> pyfuse3.FileInfo:
         fh = self._new_fh()
         self._files[fh] = OpenFile(fd, inode, flags)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=self.options.keep_cache)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=self.options.keep_cache, direct_io=self.options.direct_io)
 
     @_errors
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
@@ -456,7 +457,10 @@ class ZcfsOperations(pyfuse3.Operations):
     @_errors
     async def getxattr(self, inode: int, name: bytes, ctx: Any = None) -> bytes:
         if inode == ROOT_INODE and name == STATS_XATTR and self.stats is not None:
-            return self.stats.json().encode()
+            # Padded to whole pages so the size a caller asks for first
+            # still fits when it reads the (changed) value right after.
+            value = self.stats.json().encode()
+            return value.ljust(-(-(len(value) + 1024) // 4096) * 4096)
         return os.getxattr(self._xattr_path(inode), name)
 
     @_errors

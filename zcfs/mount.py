@@ -30,7 +30,6 @@ _FUSE_OPTIONS = {"allow_other", "allow_root", "default_permissions", "auto_unmou
 _FUSE_VALUE_OPTIONS = {"fsname", "subtype", "max_read"}
 # zcfs's own options.
 _FLOAT_OPTIONS = {"entry_timeout", "attr_timeout", "negative_timeout"}
-_ZCFS_FLAGS = {"nodefault_permissions", "keep_cache", "nokeep_cache"}
 
 
 @dataclasses.dataclass
@@ -114,6 +113,8 @@ def parse_options(specs: list[str], config: MountConfig) -> None:
                 config.default_permissions = True
             elif name == "nodefault_permissions" and not has_value:
                 config.default_permissions = False
+            elif name == "direct_io" and not has_value:
+                fs_changes["direct_io"] = True
             elif name in ("keep_cache", "nokeep_cache") and not has_value:
                 fs_changes["keep_cache"] = name == "keep_cache"
             elif name == "fsname" and has_value:
@@ -134,15 +135,27 @@ def parse_options(specs: list[str], config: MountConfig) -> None:
         config.fs = dataclasses.replace(config.fs, **fs_changes)
 
 
-def mounted_at(path: str) -> str | None:
-    """The filesystem type mounted exactly at `path`, or None."""
+def _mountinfo_fields(path: str) -> list[bytes] | None:
+    """The /proc/self/mountinfo line of the mount on top at `path`, split."""
     found = None
     with open("/proc/self/mountinfo", "rb") as info:
         for line in info:
             fields = line.split()
             if _unescape(fields[4]) == path:
-                found = fields[fields.index(b"-") + 1].decode()  # the last one is on top
+                found = fields  # the last one is on top
     return found
+
+
+def mounted_at(path: str) -> str | None:
+    """The filesystem type mounted exactly at `path`, or None."""
+    fields = _mountinfo_fields(path)
+    return None if fields is None else fields[fields.index(b"-") + 1].decode()
+
+
+def mount_device(path: str) -> str | None:
+    """"major:minor" of the mount at `path` (without a stat, which could call into it)."""
+    fields = _mountinfo_fields(path)
+    return None if fields is None else fields[2].decode()
 
 
 def _unescape(field: bytes) -> str:

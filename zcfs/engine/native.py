@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import logging
 import os
 import signal
@@ -32,7 +33,7 @@ import trio
 
 from .. import syscalls
 from ..fs import ZcfsOperations
-from ..mount import MountConfig, UsageError
+from ..mount import MountConfig, UsageError, mount_device
 from ..proto import abi
 from ..proto.negotiate import Negotiated, Wishes, negotiate, request_buffer_size
 from ..proto import (
@@ -152,14 +153,22 @@ class Session:
             if exc.unique is not None:
                 self._send(pack_error(exc.unique, exc.errno))
             return
-        if request.opcode in _CONCURRENT:
+        if request.opcode == Opcode.READ and self._read_is_cached(request):
+            # Served inline: handing it to a thread would cost more than the splice.
+            await self._answer(request, buf, functools.partial(self._read, run=_call_inline))
+        elif request.opcode in _CONCURRENT:
             self._nursery.start_soon(self._answer, request, buf)
         else:
             await self._answer(request, buf)
 
-    async def _answer(self, request: Request, buf: bytearray) -> None:
+    def _read_is_cached(self, request: Request) -> bool:
+        opened = self.ops._files.get(request.body.fh)
+        return opened is not None and _in_page_cache(opened.fd, request.body.offset, request.body.size)
+
+    async def _answer(self, request: Request, buf: bytearray,
+                      handler: Callable[[Request], Awaitable[bytes | None]] | None = None) -> None:
         """Run one request's handler and send its reply; errors map to errnos here."""
-        handler = self._handlers.get(request.opcode)
+        handler = handler or self._handlers.get(request.opcode)
         unique = request.unique
         started = time.perf_counter()
         error = 0
@@ -355,20 +364,21 @@ class Session:
         open_flags, backing_id = self._open_flags(fi)
         return pack_create_out(request.unique, *_entry_args(entry), fi.fh, open_flags, backing_id)
 
-    async def _read(self, request: Request) -> None:
+    async def _read(self, request: Request, run: Callable[..., Awaitable[int]] = trio.to_thread.run_sync) -> None:
+        """Answer READ on the inode's tier; `run` runs the blocking part."""
         b = request.body
         fd = self.ops.file_fd(b.fh)
         unique = request.unique
         if self.tiers.data_tier() == "splice":
             try:
-                sent = await trio.to_thread.run_sync(splice_read_reply, self.dev_fd, unique, fd, b.offset, b.size)
+                sent = await run(splice_read_reply, self.dev_fd, unique, fd, b.offset, b.size)
             except SpliceError as exc:
                 self.stats.record_fallback(exc.reason)
             else:
                 self.stats.record_data("read", "splice", sent)
                 return None
         try:
-            sent = await trio.to_thread.run_sync(copy_read_reply, self.dev_fd, unique, fd, b.offset, b.size)
+            sent = await run(copy_read_reply, self.dev_fd, unique, fd, b.offset, b.size)
         except OSError as exc:
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
         self.stats.record_data("read", "copy", sent)
@@ -466,6 +476,27 @@ class Session:
         return pack_empty(request.unique)
 
 
+async def _call_inline(fn: Callable[..., int], *args: Any) -> int:
+    return fn(*args)
+
+
+_PROBE = bytearray(1)
+
+
+def _in_page_cache(fd: int, offset: int, size: int) -> bool:
+    """Whether the first and last byte of a range are cached (so reading won't wait).
+
+    RWF_NOWAIT makes the probe fail with EAGAIN instead of going to disk.
+    """
+    try:
+        os.preadv(fd, [_PROBE], offset, os.RWF_NOWAIT)
+        if size > 1:
+            os.preadv(fd, [_PROBE], offset + size - 1, os.RWF_NOWAIT)
+    except OSError:
+        return False  # EAGAIN: not cached; EOPNOTSUPP etc.: cannot tell
+    return True
+
+
 def _sized_reply(unique: int, size: int, value: bytes) -> bytes:
     """xattr replies: size 0 asks for the length; too small a buffer is ERANGE."""
     if size == 0:
@@ -533,7 +564,26 @@ async def _main(session: Session, on_ready: Callable[[], None]) -> None:
         if session.tiers.passthrough_refused and session.config.zero_copy == "passthrough":
             log.warning("kernel passthrough is not possible here (%s); using %s",
                         session.tiers.passthrough_refused, session.tiers.data_tier())
+        _raise_readahead(session)
         on_ready()
+
+
+def _raise_readahead(session: Session) -> None:
+    """Let readahead ask for two full READs at a time (see FUSE-NOTES).
+
+    The kernel's default window (128 KiB) cuts READs far below max_pages;
+    a window of two whole requests keeps one in flight while we answer
+    the other. Best effort: needs root, and only this mount is affected.
+    """
+    neg = session.negotiated
+    device = mount_device(session.config.mountpoint)
+    if neg is None or device is None:
+        return
+    try:
+        with open(f"/sys/class/bdi/{device}/read_ahead_kb", "w") as knob:
+            knob.write(str(2 * neg.max_pages * 4))
+    except OSError as exc:
+        log.debug("cannot raise readahead: %s", exc)
 
 
 async def _unmount_on_signal(mountpoint: str, session_scope: trio.CancelScope) -> None:
