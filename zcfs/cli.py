@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import subprocess
 import sys
 from typing import Callable
@@ -84,6 +85,7 @@ def serve(config: MountConfig, on_ready: Callable[[], None]) -> None:
     from .stats import Stats
 
     os.umask(0)  # the kernel already applied the caller's umask
+    _raise_fd_limit()
     stats = Stats(config.engine, options=config.describe())
     ops = ZcfsOperations(config.backing, config.fs, stats=stats)
     try:
@@ -95,6 +97,13 @@ def serve(config: MountConfig, on_ready: Callable[[], None]) -> None:
             native.run(ops, config, on_ready)
     finally:
         ops.close()
+
+
+def _raise_fd_limit() -> None:
+    """Allow as many fds as the hard limit: every inode the kernel knows holds one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _setup_logging(ns: argparse.Namespace) -> None:

@@ -310,6 +310,7 @@ class ZcfsOperations(pyfuse3.Operations):
     def _open_file(self, inode: Inode, fd: int, flags: int) -> pyfuse3.FileInfo:
         fh = self._new_fh()
         self._files[fh] = OpenFile(fd, inode, flags)
+        self.inodes.pin(inode)  # an open file may be unlinked: keep its inode's fd
         return pyfuse3.FileInfo(fh=fh, keep_cache=self.options.keep_cache, direct_io=self.options.direct_io)
 
     @_errors
@@ -361,6 +362,7 @@ class ZcfsOperations(pyfuse3.Operations):
         opened = self._files.pop(fh, None)
         if opened is not None:
             os.close(opened.fd)
+            self.inodes.unpin(opened.inode)
 
     # -- beyond pyfuse3: the native engine dispatches these --------------
 
@@ -386,6 +388,7 @@ class ZcfsOperations(pyfuse3.Operations):
         node = self._inode(inode)
         fh = self._new_fh()
         self._dirs[fh] = OpenDir(node)
+        self.inodes.pin(node)
         return fh
 
     def _opendir(self, fh: int) -> OpenDir:
@@ -425,7 +428,9 @@ class ZcfsOperations(pyfuse3.Operations):
                 break
 
     async def releasedir(self, fh: int) -> None:
-        self._dirs.pop(fh, None)
+        opened = self._dirs.pop(fh, None)
+        if opened is not None:
+            self.inodes.unpin(opened.inode)
 
     @_errors
     async def fsyncdir(self, fh: int, datasync: bool) -> None:

@@ -1,18 +1,28 @@
 """The inode table: kernel node ids for backing objects, with exact lookup counts.
 
-Each known backing object (found by its `(st_dev, st_ino)`) holds one O_PATH
-fd for as long as the kernel remembers it. Holding that fd pins the backing
-inode, so its number cannot be reused by another file while the kernel still
-has our node id; renames in the backing directory do not disturb it.
+Each backing object the kernel knows (found by its `(st_dev, st_ino)`) is
+reached through an O_PATH fd. The kernel may remember more inodes than a
+process may hold fds (here the hard RLIMIT_NOFILE is 20,000 and cannot be
+raised), so the fds of idle inodes are closed, least recently used first,
+and reopened from their file handle (`name_to_handle_at`) when needed.
+An inode without a usable handle (a filesystem that cannot export them,
+a daemon without CAP_DAC_READ_SEARCH, another mount below the backing
+dir) keeps its fd; so does one with open files, which may be unlinked.
+
+While an fd is closed, the backing inode number may be reused by a new
+object; `remember` tells the two apart by their handles.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import collections
 import itertools
 import logging
 import os
+import resource
 import stat
+
+from . import syscalls
 
 log = logging.getLogger(__name__)
 
@@ -22,18 +32,27 @@ ROOT_INODE = 1
 _SYNTHETIC_BASE = 1 << 62
 
 
-@dataclasses.dataclass(eq=False)
 class Inode:
     """One backing object the kernel knows by `number`."""
 
-    number: int
-    fd: int  # O_PATH fd of the backing object; -1 once released
-    dev: int
-    ino: int
-    mode: int  # file type bits, fixed for an object's life
-    lookups: int = 0
-    # Per-inode data-path state owned by the engine (e.g. a backing id).
-    engine_state: object = None
+    __slots__ = ("number", "_fd", "dev", "ino", "mode", "lookups", "handle", "pins", "engine_state", "_table")
+
+    def __init__(self, table: InodeTable, number: int, fd: int, st: os.stat_result, handle: bytes | None) -> None:
+        self._table = table
+        self.number = number
+        self._fd = fd  # O_PATH fd of the backing object; -1 while evicted or released
+        self.dev = st.st_dev
+        self.ino = st.st_ino
+        self.mode = stat.S_IFMT(st.st_mode)  # the file type, fixed for an object's life
+        self.lookups = 1
+        self.handle = handle  # for reopening; None: the fd must stay open
+        self.pins = 0  # open files and directories: keep the fd
+        self.engine_state: object = None  # per-inode data-path state owned by the engine
+
+    @property
+    def fd(self) -> int:
+        """The O_PATH fd, reopened if it was evicted (OSError ESTALE if the object is gone)."""
+        return self._table._use(self)
 
     @property
     def is_dir(self) -> bool:
@@ -50,12 +69,31 @@ class InodeTable:
     Not thread-safe: it is only touched from the event loop.
     """
 
-    def __init__(self, root_fd: int) -> None:
+    def __init__(self, root_fd: int, max_fds: int | None = None) -> None:
+        if max_fds is None:
+            max_fds = max(64, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 2)
+        self.max_fds = max_fds
+        self._open: collections.OrderedDict[Inode, None] = collections.OrderedDict()  # LRU
+        self._mount_fd = -1
+        self._mount_id = None
         st = os.fstat(root_fd)
-        root = Inode(ROOT_INODE, root_fd, st.st_dev, st.st_ino, st.st_mode, lookups=1)
+        root = Inode(self, ROOT_INODE, root_fd, st, None)
         self._by_number: dict[int, Inode] = {ROOT_INODE: root}
         self._by_identity: dict[tuple[int, int], Inode] = {(st.st_dev, st.st_ino): root}
         self._synthetic = itertools.count(_SYNTHETIC_BASE)
+        self._enable_handles(root_fd)
+
+    def _enable_handles(self, root_fd: int) -> None:
+        """Use file handles only if a round trip works here."""
+        try:
+            handle, self._mount_id = syscalls.name_to_handle(root_fd)
+            self._mount_fd = os.open(syscalls.proc_path(root_fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            os.close(syscalls.open_by_handle(self._mount_fd, handle, os.O_PATH | os.O_CLOEXEC))
+        except OSError as exc:
+            log.info("file handles unusable (%s): every known inode keeps an fd", exc.strerror)
+            if self._mount_fd >= 0:
+                os.close(self._mount_fd)
+            self._mount_fd = -1
 
     @property
     def root(self) -> Inode:
@@ -64,9 +102,23 @@ class InodeTable:
     def __len__(self) -> int:
         return len(self._by_number)
 
+    @property
+    def open_fds(self) -> int:
+        """How many inode fds are open now (evictable ones)."""
+        return len(self._open)
+
     def get(self, number: int) -> Inode:
         """The inode with node id `number`; KeyError if the kernel never had it."""
         return self._by_number[number]
+
+    def _handle_of(self, fd: int) -> bytes | None:
+        if self._mount_fd < 0:
+            return None
+        try:
+            handle, mount_id = syscalls.name_to_handle(fd)
+        except OSError:
+            return None
+        return handle if mount_id == self._mount_id else None
 
     def remember(self, fd: int, st: os.stat_result) -> Inode:
         """Count one kernel lookup of the object behind `fd` (an O_PATH fd).
@@ -74,21 +126,34 @@ class InodeTable:
         Takes ownership of `fd`: it is kept for a new inode or closed when
         the object is already known.
         """
-        known = self._by_identity.get((st.st_dev, st.st_ino))
+        identity = (st.st_dev, st.st_ino)
+        known = self._by_identity.get(identity)
+        if known is not None and known._fd < 0:
+            # Evicted: the number may now belong to another object.
+            handle = self._handle_of(fd)
+            if handle is not None and handle == known.handle:
+                known._fd = fd
+                known.lookups += 1
+                self._track(known)
+                return known
+            del self._by_identity[identity]  # stale: the kernel keeps the old node id
+            known = None
         if known is not None:
             os.close(fd)
             known.lookups += 1
+            self._use(known)
             return known
         number = st.st_ino
         if number <= ROOT_INODE or number in self._by_number:
             number = next(self._synthetic)
-        inode = Inode(number, fd, st.st_dev, st.st_ino, stat.S_IFMT(st.st_mode), lookups=1)
+        inode = Inode(self, number, fd, st, self._handle_of(fd))
         self._by_number[number] = inode
-        self._by_identity[(st.st_dev, st.st_ino)] = inode
+        self._by_identity[identity] = inode
+        self._track(inode)
         return inode
 
     def forget(self, number: int, count: int) -> None:
-        """Drop `count` kernel lookups; the last one releases the O_PATH fd."""
+        """Drop `count` kernel lookups; the last one releases the inode."""
         inode = self._by_number.get(number)
         if inode is None or number == ROOT_INODE:
             return  # the kernel forgets the root only at unmount
@@ -99,15 +164,58 @@ class InodeTable:
         inode.lookups -= count
         if inode.lookups == 0:
             del self._by_number[number]
-            del self._by_identity[(inode.dev, inode.ino)]
-            os.close(inode.fd)
-            inode.fd = -1
+            if self._by_identity.get((inode.dev, inode.ino)) is inode:
+                del self._by_identity[(inode.dev, inode.ino)]
+            self._close(inode)
+
+    def pin(self, inode: Inode) -> None:
+        """Keep `inode`'s fd open (it has an open file or directory)."""
+        inode.pins += 1
+
+    def unpin(self, inode: Inode) -> None:
+        inode.pins -= 1
 
     def close_all(self) -> None:
         """Release every fd, the root's included (at unmount)."""
         for inode in self._by_number.values():
-            if inode.fd >= 0:
-                os.close(inode.fd)
-                inode.fd = -1
+            self._close(inode)
         self._by_number.clear()
         self._by_identity.clear()
+        if self._mount_fd >= 0:
+            os.close(self._mount_fd)
+            self._mount_fd = -1
+
+    # -- the fd cache ----------------------------------------------------
+
+    def _use(self, inode: Inode) -> int:
+        if inode._fd < 0:
+            if inode.handle is None or inode.lookups == 0:
+                raise OSError(9, "inode released")  # EBADF: a bug, never the kernel's
+            inode._fd = syscalls.open_by_handle(self._mount_fd, inode.handle, os.O_PATH | os.O_CLOEXEC)
+            self._track(inode)
+        elif inode in self._open:
+            self._open.move_to_end(inode)
+        return inode._fd
+
+    def _track(self, inode: Inode) -> None:
+        if inode.handle is None:
+            return  # cannot be reopened: never evicted
+        self._open[inode] = None
+        if len(self._open) > self.max_fds:
+            self._evict()
+
+    def _evict(self) -> None:
+        """Close least recently used fds of unpinned inodes down to the limit."""
+        for inode in list(self._open):
+            if len(self._open) <= self.max_fds * 3 // 4:
+                break
+            if inode.pins == 0:
+                del self._open[inode]
+                os.close(inode._fd)
+                inode._fd = -1
+
+    def _close(self, inode: Inode) -> None:
+        self._open.pop(inode, None)
+        if inode._fd >= 0:
+            os.close(inode._fd)
+            inode._fd = -1

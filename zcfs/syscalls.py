@@ -62,3 +62,23 @@ def proc_path(fd: int) -> str:
 def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     """fallocate(2) with any mode (os.posix_fallocate only does mode 0)."""
     _check(_libc.fallocate(fd, mode, ctypes.c_long(offset), ctypes.c_long(length)))
+
+
+MAX_HANDLE_SZ = 128
+_HANDLE_HEADER = 8  # struct file_handle: handle_bytes (u32), handle_type (i32)
+
+
+def name_to_handle(fd: int) -> tuple[bytes, int]:
+    """The file handle of the object an fd refers to, and its mount id (OSError)."""
+    buf = ctypes.create_string_buffer(_HANDLE_HEADER + MAX_HANDLE_SZ)
+    ctypes.c_uint.from_buffer(buf).value = MAX_HANDLE_SZ
+    mount_id = ctypes.c_int()
+    _check(_libc.name_to_handle_at(fd, b"", buf, ctypes.byref(mount_id), AT_EMPTY_PATH))
+    size = ctypes.c_uint.from_buffer(buf).value
+    return buf.raw[:_HANDLE_HEADER + size], mount_id.value
+
+
+def open_by_handle(mount_fd: int, handle: bytes, flags: int) -> int:
+    """Open an object by the handle `name_to_handle` gave (needs CAP_DAC_READ_SEARCH)."""
+    buf = ctypes.create_string_buffer(handle, len(handle))
+    return _check(_libc.open_by_handle_at(mount_fd, buf, flags))
