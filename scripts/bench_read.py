@@ -114,7 +114,7 @@ def main() -> int:
                 mountpoint = root / f"mnt-{mode}"
                 mountpoint.mkdir()
                 mounts[mode] = start_mount(backing, mountpoint, mode)
-                set_readahead(mountpoint)
+                set_readahead(mountpoint, 2040)  # what the native engine sets itself
             for mode, mount in mounts.items():
                 got = sha256(mount.path / "file.bin")
                 if got != expected:
