@@ -19,6 +19,8 @@ import mmap
 import os
 import socket
 import stat
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -734,7 +736,7 @@ def check_o_direct(mnt: Path, backing: Path) -> None:
     fd = os.open(mnt / "f", os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o644)
     try:
         assert os.pwritev(fd, [out], 0) == len(data)
-        assert os.pwritev(fd, [out[:block]], 8 * block) == block
+        assert os.pwritev(fd, [memoryview(out)[:block]], 8 * block) == block  # still aligned
     finally:
         os.close(fd)
     expected = data + bytes(4 * block) + data[:block]
@@ -886,12 +888,125 @@ def check_flush_fsync_fdatasync(mnt: Path, backing: Path) -> None:
         os.close(fd)
 
 
+@check
+def check_copy_file_range(mnt: Path, backing: Path) -> None:
+    data = os.urandom(200_000)
+    put(mnt / "src", data)
+    src = os.open(mnt / "src", os.O_RDONLY)
+    dst = os.open(mnt / "dst", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        copied = 0
+        while copied < 150_000:
+            n = os.copy_file_range(src, dst, 150_000 - copied, 1000 + copied, 10 + copied)
+            assert n > 0
+            copied += n
+    finally:
+        os.close(src)
+        os.close(dst)
+    assert (backing / "dst").read_bytes() == bytes(10) + data[1000:151_000]
+    assert (mnt / "dst").read_bytes() == bytes(10) + data[1000:151_000]
+
+
+@check
+def check_fallocate(mnt: Path, backing: Path) -> None:
+    fd = os.open(mnt / "f", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"head")
+        os.posix_fallocate(fd, 0, 1024 * 1024)
+        assert os.fstat(fd).st_size == 1024 * 1024
+        assert os.pread(fd, 8, 0) == b"head" + bytes(4)
+    finally:
+        os.close(fd)
+    assert os.stat(backing / "f").st_size == 1024 * 1024
+    assert (backing / "f").read_bytes()[:4] == b"head"
+
+
+@check
+def check_exec_from_mount(mnt: Path, backing: Path) -> None:
+    put(mnt / "script.sh", b"#!/bin/sh\necho \"ran with $1\"\n", 0o755)
+    out = subprocess.run([str(mnt / "script.sh"), "arg"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout == "ran with arg\n"
+    put(mnt / "not-exec.sh", b"#!/bin/sh\n", 0o644)
+    expect_errno(errno.EACCES, subprocess.run, [str(mnt / "not-exec.sh")])
+
+
+@check
+def check_parallel_io(mnt: Path, backing: Path) -> None:
+    """Eight threads creating, writing, reading back and renaming files at once."""
+    errors: list[BaseException] = []
+    payloads = {f"t{t}-f{i}": os.urandom(1000 * (i + 1) + t) for t in range(8) for i in range(15)}
+
+    def worker(t: int) -> None:
+        try:
+            (mnt / f"dir{t}").mkdir()
+            for i in range(15):
+                name = f"t{t}-f{i}"
+                path = mnt / f"dir{t}" / f"{name}.tmp"
+                with open(path, "wb") as f:
+                    f.write(payloads[name])
+                assert path.read_bytes() == payloads[name]
+                os.rename(path, mnt / f"dir{t}" / name)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    for name, data in payloads.items():
+        t = name.split("-")[0][1:]
+        assert (backing / f"dir{t}" / name).read_bytes() == data
+    assert sum(len(os.listdir(backing / f"dir{t}")) for t in range(8)) == len(payloads)
+
+
+_LOCK_PROBE = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+out = []
+for name, take in (("flock", lambda: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)),
+                   ("posix", lambda: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB))):
+    try:
+        take()
+        out.append(name + ":got")
+    except OSError as exc:
+        out.append(name + ":" + str(exc.errno))
+print(" ".join(out))
+"""
+
+
+@check
+def check_locks_between_processes(mnt: Path, backing: Path) -> None:
+    import fcntl
+
+    put(mnt / "lockfile", b"x" * 100)
+
+    def probe() -> str:
+        out = subprocess.run([sys.executable, "-c", _LOCK_PROBE, str(mnt / "lockfile")],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    fd = os.open(mnt / "lockfile", os.O_RDWR)
+    try:
+        assert probe() == "flock:got posix:got"  # nobody holds them yet
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        assert probe() == f"flock:{errno.EAGAIN} posix:{errno.EAGAIN}"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        fcntl.lockf(fd, fcntl.LOCK_UN)
+        assert probe() == "flock:got posix:got"
+    finally:
+        os.close(fd)
+
+
 # -- readdir ----------------------------------------------------------------
 
 @check
 def check_readdir_many_entries(mnt: Path, backing: Path) -> None:
     (backing / "big").mkdir()
-    names = {f"entry-{i:05d}-{'x' * (i % 50)}" for i in range(3000)}
+    names = {f"entry-{i:05d}-{'x' * (i % 50)}" for i in range(2000)}
     for name in names:
         (backing / "big" / name).touch()
     (mnt / "big" / "through-mount").touch()
@@ -956,30 +1071,31 @@ def check_name_too_long(mnt: Path, backing: Path) -> None:
     assert os.listdir(backing) == [ok]
 
 
+_CHURN = """
+import os, sys
+d, stop = sys.argv[1], sys.argv[2]
+i = 0
+while not os.path.exists(stop):
+    path = os.path.join(d, "churn-%02d" % (i % 40))
+    if i % 80 < 40:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
+    else:
+        os.unlink(path)
+    i += 1
+print(i)
+"""
+
+
 @check
 def check_readdir_while_changing(mnt: Path, backing: Path) -> None:
+    """Listings stay whole while another process adds and removes entries."""
     (mnt / "d").mkdir()
     stable = {f"stable-{i:04d}" for i in range(300)}
     for name in stable:
         (backing / "d" / name).touch()
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def churn() -> None:
-        i = 0
-        try:
-            while not stop.is_set():
-                path = mnt / "d" / f"churn-{i % 40:02d}"
-                if i % 80 < 40:
-                    path.touch()
-                else:
-                    path.unlink()
-                i += 1
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    worker = threading.Thread(target=churn)
-    worker.start()
+    stop = mnt.parent / f"{mnt.name}.stop-churn"
+    churn = subprocess.Popen([sys.executable, "-c", _CHURN, str(mnt / "d"), str(stop)],
+                             stdout=subprocess.PIPE, text=True)
     try:
         for _ in range(25):
             listing = os.listdir(mnt / "d")
@@ -987,9 +1103,11 @@ def check_readdir_while_changing(mnt: Path, backing: Path) -> None:
             assert stable <= set(listing), "an unchanged entry was skipped"
             assert all(n in stable or n.startswith("churn-") for n in listing)
     finally:
-        stop.set()
-        worker.join()
-    assert not errors, errors
+        stop.touch()
+        out, _ = churn.communicate(timeout=30)
+        stop.unlink()
+    assert churn.returncode == 0
+    assert int(out) > 0  # it did churn
 
 
 @check

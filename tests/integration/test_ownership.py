@@ -354,3 +354,24 @@ def test_allow_other_needs_default_permissions(mode, mount_factory, capfd, tmp_p
     assert "allow_other and nodefault_permissions" in capfd.readouterr().err
     with open("/proc/self/mountinfo") as info:
         assert str(tmp_path) not in info.read()
+
+
+def test_no_device_nodes_or_links_to_others_files(shared, test_user):
+    (shared.path / "roots-private").write_bytes(b"r")
+    os.chmod(shared.path / "roots-private", 0o600)
+    with open("/proc/sys/fs/protected_hardlinks") as f:
+        protected = f.read().strip() == "1"
+
+    def attempts():
+        return {
+            "chardev": errno_of(lambda: os.mknod("null", 0o666 | stat.S_IFCHR, os.makedev(1, 3)))(),
+            "hardlink": errno_of(lambda: os.link("roots-private", "mine-now"))(),
+        }
+
+    got = run_as(test_user, shared.path, attempts)
+    assert got["chardev"] == ("error", "EPERM")
+    if protected:
+        assert got["hardlink"] == ("error", "EPERM")
+        assert not os.path.lexists(shared.backing / "mine-now")
+    assert not os.path.lexists(shared.backing / "null")
+    assert owner_mode(shared.backing / "roots-private") == (0, 0, 0o600)

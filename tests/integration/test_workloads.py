@@ -261,3 +261,30 @@ def test_git_init_add_commit(mnt, tmp_path):
     assert_same_tree(mnt.backing / "repo", tmp_path / "local-repo", mtimes=False, ignore=volatile)
     assert run("git", "fsck", "--full", cwd=mnt.backing / "repo", env=GIT_ENV) == ""
     assert run("git", "log", "--format=%s", cwd=mnt.backing / "repo", env=GIT_ENV).split() == ["second", "first"]
+
+
+def test_sqlite(mnt):
+    """sqlite: fcntl locks, pread/pwrite at odd offsets, fsync, a journal made and unlinked."""
+    import sqlite3
+
+    db = sqlite3.connect(mnt.path / "db.sqlite")
+    try:
+        db.execute("create table t (id integer primary key, payload blob)")
+        for batch in range(5):
+            with db:
+                db.executemany("insert into t (payload) values (?)",
+                               [(os.urandom(100 + i),) for i in range(200)])
+        with db:
+            db.execute("delete from t where id % 3 = 0")
+        db.execute("vacuum")
+        expected = db.execute("select count(*), sum(length(payload)) from t").fetchone()
+    finally:
+        db.close()
+    direct = sqlite3.connect(mnt.backing / "db.sqlite")
+    try:
+        assert direct.execute("pragma integrity_check").fetchone() == ("ok",)
+        assert direct.execute("select count(*), sum(length(payload)) from t").fetchone() == expected
+    finally:
+        direct.close()
+    assert expected[0] == 1000 - 333
+    assert sorted(os.listdir(mnt.backing)) == ["db.sqlite"]  # the journal is gone
