@@ -33,6 +33,7 @@ from .inodes import ROOT_INODE, Inode, InodeTable
 log = logging.getLogger(__name__)
 
 STATS_XATTR = b"user.zcfs.stats"  # read on the mount root: the stats channel
+STATS_XATTR_SIZE = 65536  # its value's constant size: XATTR_SIZE_MAX, the JSON then spaces
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,19 +238,7 @@ class ZcfsOperations(pyfuse3.Operations):
     @_errors
     async def access(self, inode: int, mode: int, ctx: Any) -> bool:
         """Check `mode` (R_OK|W_OK|X_OK) for the caller from the backing permissions."""
-        st = os.fstat(self._inode(inode).fd)
-        if mode == os.F_OK:
-            return True
-        if ctx.uid == 0:
-            # root may do anything but execute a file no one may execute
-            return not (mode & os.X_OK) or stat.S_ISDIR(st.st_mode) or bool(st.st_mode & 0o111)
-        if ctx.uid == st.st_uid:
-            granted = (st.st_mode >> 6) & 7
-        elif ctx.gid == st.st_gid or st.st_gid in _groups_of(ctx.pid):
-            granted = (st.st_mode >> 3) & 7
-        else:
-            granted = st.st_mode & 7
-        return mode & granted == mode
+        return _permitted(os.fstat(self._inode(inode).fd), mode, ctx)
 
     # -- namespace -------------------------------------------------------
 
@@ -330,9 +319,22 @@ class ZcfsOperations(pyfuse3.Operations):
                      ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         parent = self._inode(parent_inode)
         self._check_writable()
-        fd = os.open(_check_name(name), _backing_flags(flags) | os.O_CREAT | os.O_NOFOLLOW, mode, dir_fd=parent.fd)
+        backing_flags = _backing_flags(flags) | os.O_NOFOLLOW
         try:
-            self._give_to_caller(parent, name, ctx)
+            fd = os.open(_check_name(name), backing_flags | os.O_CREAT | os.O_EXCL, mode, dir_fd=parent.fd)
+            created = True
+        except FileExistsError:
+            # Someone made the name in the backing dir since the kernel's
+            # lookup: open it as an existing file, never give it away.
+            if flags & os.O_EXCL:
+                raise
+            fd = os.open(name, backing_flags & ~os.O_CREAT, dir_fd=parent.fd)
+            created = False
+        try:
+            if created:
+                self._give_to_caller(parent, name, ctx)
+            elif not _permitted(os.fstat(fd), _access_mode(flags), ctx):
+                raise pyfuse3.FUSEError(errno.EACCES)
             node, st = self._lookup_name(parent, name)
         except BaseException:
             os.close(fd)
@@ -462,15 +464,19 @@ class ZcfsOperations(pyfuse3.Operations):
     @_errors
     async def getxattr(self, inode: int, name: bytes, ctx: Any = None) -> bytes:
         if inode == ROOT_INODE and name == STATS_XATTR and self.stats is not None:
-            # Padded to whole pages so the size a caller asks for first
-            # still fits when it reads the (changed) value right after.
-            value = self.stats.json().encode()
-            return value.ljust(-(-(len(value) + 1024) // 4096) * 4096)
+            # Always the largest size, so the size a caller asks for first
+            # still fits the value a moment later, however the counters grew.
+            return self.stats.json().encode().ljust(STATS_XATTR_SIZE)
         return os.getxattr(self._xattr_path(inode), name)
 
     @_errors
     async def listxattr(self, inode: int, ctx: Any = None) -> list[bytes]:
-        return [os.fsencode(n) for n in os.listxattr(self._xattr_path(inode))]
+        names = [os.fsencode(n) for n in os.listxattr(self._xattr_path(inode))]
+        if ctx is not None and ctx.uid != 0:
+            # We list as root; local filesystems show trusted.* names only to
+            # CAP_SYS_ADMIN (the kernel already refuses other callers their values).
+            names = [n for n in names if not n.startswith(b"trusted.")]
+        return names
 
     @_errors
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
@@ -486,14 +492,41 @@ class ZcfsOperations(pyfuse3.Operations):
         self.inodes.close_all()
 
 
+def _permitted(st: os.stat_result, mode: int, ctx: Any) -> bool:
+    """Whether the caller in `ctx` may access an object with `st` for `mode`."""
+    if mode == os.F_OK:
+        return True
+    if ctx.uid == 0:
+        # root may do anything but execute a file no one may execute
+        return not (mode & os.X_OK) or stat.S_ISDIR(st.st_mode) or bool(st.st_mode & 0o111)
+    if ctx.uid == st.st_uid:
+        granted = (st.st_mode >> 6) & 7
+    elif ctx.gid == st.st_gid or st.st_gid in _groups_of(ctx.pid):
+        granted = (st.st_mode >> 3) & 7
+    else:
+        granted = st.st_mode & 7
+    return mode & granted == mode
+
+
+def _access_mode(flags: int) -> int:
+    """The access() mode an open with `flags` needs."""
+    return {os.O_RDONLY: os.R_OK, os.O_WRONLY: os.W_OK}.get(flags & os.O_ACCMODE, os.R_OK | os.W_OK)
+
+
 def _backing_flags(flags: int) -> int:
     """Open flags for the backing fd behind a handle.
 
     No O_DIRECT: the kernel already bypasses the mount's page cache for such
     a handle, and our reads and writes use buffers of any alignment, which
     an O_DIRECT backing fd refuses with EINVAL.
+
+    No O_APPEND: the kernel puts every WRITE at its offset itself (an
+    append write at its idea of the end of file), and writes back dirty
+    pages of a shared mmap through any writable handle of the inode, an
+    O_APPEND one included; pwrite on an O_APPEND fd ignores the offset and
+    would append those pages instead of writing them in place.
     """
-    return (flags & ~os.O_DIRECT) | os.O_CLOEXEC
+    return (flags & ~(os.O_DIRECT | os.O_APPEND)) | os.O_CLOEXEC
 
 
 def _read_directory(dir_o_path_fd: int) -> list[tuple[bytes, int, int]]:

@@ -19,6 +19,7 @@ class Mount:
     mode: str
     process: subprocess.Popen
     log: Path
+    notes: list[str] = dataclasses.field(default_factory=list)  # what the daemon told the user
 
     @property
     def engine(self) -> str:
@@ -45,19 +46,23 @@ def mode_args(mode: str) -> list[str]:
     return args
 
 
-def start_mount(backing: Path, mountpoint: Path, mode: str, options: list[str] = (), log: Path | None = None) -> Mount:
-    """Start a foreground daemon and wait until its mount is ready."""
+def start_mount(backing: Path, mountpoint: Path, mode: str, options: list[str] = (), log: Path | None = None,
+                extra_args: list[str] = ()) -> Mount:
+    """Start a foreground daemon and wait until its mount is ready (`extra_args`: more zcfs options)."""
     log = log or mountpoint.parent / f"{mountpoint.name}.log"
     read_end, write_end = os.pipe()
     args = [sys.executable, "-m", "zcfs", str(backing), str(mountpoint), "-f",
             "--ready-fd", str(write_end), "--log", str(log), *mode_args(mode)]
     for opt in options:
         args += ["-o", opt]
+    args += extra_args
     process = subprocess.Popen(args, pass_fds=(write_end,), stdin=subprocess.DEVNULL)
     os.close(write_end)
+    notes = []
     with os.fdopen(read_end, "rb") as status:
-        line = status.readline().decode().strip()
-    mount = Mount(backing, mountpoint, mode, process, log)
+        while (line := status.readline().decode().strip()).startswith("note "):
+            notes.append(line[5:])
+    mount = Mount(backing, mountpoint, mode, process, log, notes)
     if line != "ready":
         stop_mount(mount)
         raise RuntimeError(f"zcfs did not mount ({line or 'no answer'}): {log.read_text() if log.exists() else ''}")
@@ -77,5 +82,5 @@ def stop_mount(mount: Mount) -> None:
 
 
 def mount_is_listed(path: Path) -> bool:
-    with open("/proc/self/mountinfo") as info:
-        return any(line.split()[4] == str(path) for line in info)
+    from .mount import mounted_at  # knows mountinfo's escapes (spaces in paths)
+    return mounted_at(str(path)) is not None
