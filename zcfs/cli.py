@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="best read tier to use: auto (default), passthrough, splice or off (copy)")
     parser.add_argument("--debug", action="store_true", help="log every request")
     parser.add_argument("--log", metavar="FILE", help="log file of the background daemon")
+    parser.add_argument("--metrics", metavar="HOST:PORT",
+                        help="serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9100)")
     parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     return parser
 
@@ -42,6 +44,9 @@ def parse_args(args: list[str]) -> tuple[MountConfig, argparse.Namespace]:
     ns = build_parser().parse_args(args)
     config = MountConfig(ns.backing, ns.mountpoint, engine=ns.engine, zero_copy=ns.zero_copy)
     parse_options(ns.options, config)
+    if ns.metrics is not None:
+        from .metrics import parse_address
+        config.metrics = parse_address(ns.metrics)
     return config, ns
 
 
@@ -67,10 +72,12 @@ def main(argv: list[str] | None = None) -> int:
         return _spawn_daemon(argv, ns)
     _setup_logging(ns)
     report = _ready_reporter(ns.ready_fd)
+    notes = _NoteForwarder(ns, report)
+    logging.getLogger().addHandler(notes)
     try:
         for note in check_paths(config):
             print(f"zcfs: {note}", file=sys.stderr)
-        serve(config, on_ready=lambda: report("ready"))
+        serve(config, on_ready=lambda: (notes.stop(), report("ready")))
     except UsageError as exc:
         report(f"error {exc}")
         if ns.ready_fd is None:
@@ -87,6 +94,9 @@ def serve(config: MountConfig, on_ready: Callable[[], None]) -> None:
     os.umask(0)  # the kernel already applied the caller's umask
     _raise_fd_limit()
     stats = Stats(config.engine, options=config.describe())
+    if config.metrics is not None:
+        from .metrics import serve_when_ready
+        on_ready = serve_when_ready(stats, config.metrics, on_ready)  # a busy port fails before mounting
     ops = ZcfsOperations(config.backing, config.fs, stats=stats)
     try:
         if config.engine == "pyfuse3":
@@ -115,14 +125,42 @@ def _setup_logging(ns: argparse.Namespace) -> None:
 
 
 def _ready_reporter(fd: int | None) -> Callable[[str], None]:
-    """A function that tells the waiting parent one line, once."""
+    """A function that tells the waiting parent "note ..." lines, then one final line."""
     def report(line: str) -> None:
         nonlocal fd
         if fd is not None:
             os.write(fd, line.encode(errors="replace") + b"\n")
-            os.close(fd)
-            fd = None
+            if not line.startswith("note "):
+                os.close(fd)
+                fd = None
     return report
+
+
+class _NoteForwarder(logging.Handler):
+    """Until the mount is ready, warnings reach the user too, one line each.
+
+    A daemon started by the launcher sends them up the ready pipe ("note
+    ..." lines, which the launcher prints); a foreground one logging to a
+    file prints them on stderr. (Logging to stderr shows them anyway.)
+    """
+
+    def __init__(self, ns: argparse.Namespace, report: Callable[[str], None]) -> None:
+        super().__init__(logging.WARNING)
+        self.report = report
+        self.mode = "pipe" if ns.ready_fd is not None else "stderr" if ns.log else None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = " ".join(record.getMessage().split())  # one line, whatever it holds
+        if self.mode == "pipe":
+            try:
+                self.report(f"note {message}")
+            except OSError:  # the launcher is gone; the log still has it
+                self.mode = None
+        elif self.mode == "stderr":
+            print(f"zcfs: {message}", file=sys.stderr)
+
+    def stop(self) -> None:
+        self.mode = None
 
 
 def _spawn_daemon(argv: list[str], ns: argparse.Namespace) -> int:
@@ -140,7 +178,8 @@ def _spawn_daemon(argv: list[str], ns: argparse.Namespace) -> int:
         if ns.log:
             log_target.close()
     with os.fdopen(read_end, "rb") as status:
-        line = status.readline().decode(errors="replace").strip()
+        while (line := status.readline().decode(errors="replace").strip()).startswith("note "):
+            print(f"zcfs: {line[5:]}", file=sys.stderr)
     if line == "ready":
         return 0
     if line.startswith("error "):

@@ -47,6 +47,7 @@ class MountConfig:
     subtype: str = "zcfs"
     flag_options: list[str] = dataclasses.field(default_factory=list)
     extra_fuse_options: list[str] = dataclasses.field(default_factory=list)
+    metrics: tuple[str, int] | None = None  # --metrics HOST:PORT: serve Prometheus metrics there
 
     @property
     def read_only(self) -> bool:

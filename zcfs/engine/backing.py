@@ -30,11 +30,19 @@ class InodeTier:
     tier: str
     opens: int = 0
     backing_id: int = 0
+    writers: int = 0  # opens for writing (a shared writable mmap needs one)
 
 
 def fallback_reason(exc: OSError) -> str:
     """The stats reason for a refused BACKING_OPEN (passthrough-eperm, ...)."""
     return "passthrough-" + errno.errorcode.get(exc.errno, str(exc.errno)).lower()
+
+
+# BACKING_OPEN errors that hold for every file of the mount, not just one:
+# EPERM (not negotiated, or no CAP_SYS_ADMIN in the initial user namespace),
+# ENOTTY/EOPNOTSUPP (a kernel without passthrough). Others (ELOOP: a backing
+# file on a stacked fs; EMFILE, ENOMEM) are about one file or one moment.
+_MOUNT_WIDE = (errno.EPERM, errno.ENOTTY, errno.EOPNOTSUPP)
 
 
 class TierChooser:
@@ -47,6 +55,25 @@ class TierChooser:
         self.splice_works = True  # cleared after the backing fs refuses splice
         # Why this mount cannot pass through at all (counted per file), or None.
         self.passthrough_refused: str | None = None
+        # Node ids with a file open for writing in passthrough: their attributes
+        # must not be cached (see `open`).
+        self.uncached: set[int] = set()
+
+    def probe(self) -> None:
+        """Learn at mount time (after INIT) whether this mount may pass through at all.
+
+        BACKING_OPEN checks negotiation and CAP_SYS_ADMIN before it looks at
+        the fd, so an invalid fd answers EBADF where passthrough works and
+        EPERM where it never will (a rootless container): the refusal is then
+        known before the first open, in time to tell the user.
+        """
+        if self.best_tier != "passthrough" or self.passthrough_refused:
+            return
+        try:
+            devfuse.backing_open(self.dev_fd, -1)
+        except OSError as exc:
+            if exc.errno in _MOUNT_WIDE:
+                self.passthrough_refused = fallback_reason(exc)
 
     def data_tier(self) -> str:
         """The tier for READ requests that reach us (not passthrough)."""
@@ -54,8 +81,15 @@ class TierChooser:
             return "copy"
         return "splice"
 
-    def open(self, inode: Inode, fd: int) -> InodeTier:
-        """Choose the tier of a new open of `inode` whose backing fd is `fd`."""
+    def open(self, inode: Inode, fd: int, writable: bool = False) -> InodeTier:
+        """Choose the tier of a new open of `inode` whose backing fd is `fd`.
+
+        While a passthrough file of the inode is open for writing, its node
+        id is in `uncached`: the kernel updates size and mtime itself after a
+        passthrough write(), but a write through a shared mmap changes the
+        backing file's mtime without telling the kernel, so cached attributes
+        would stay stale for the whole attr_timeout.
+        """
         state = inode.engine_state
         if not isinstance(state, InodeTier) or state.opens == 0:
             state = inode.engine_state = InodeTier(self.best_tier)
@@ -66,6 +100,10 @@ class TierChooser:
                 else:
                     self._register(state, fd)
         state.opens += 1
+        if writable:
+            state.writers += 1
+            if state.tier == "passthrough":
+                self.uncached.add(inode.number)
         self.stats.record_open(state.tier)
         return state
 
@@ -77,19 +115,23 @@ class TierChooser:
             reason = fallback_reason(exc)
             self.stats.record_fallback(reason)
             state.tier = self.data_tier()
-            if exc.errno in (errno.EPERM, errno.ENOTTY, errno.EOPNOTSUPP):
+            if exc.errno in _MOUNT_WIDE:
                 # Not this file but this mount cannot pass through: stop asking.
                 log.info("kernel passthrough refused (%s); using %s", reason, state.tier)
                 self.passthrough_refused = reason
             return
         self.stats.backing_ids += 1
 
-    def release(self, inode: Inode) -> None:
+    def release(self, inode: Inode, writable: bool = False) -> None:
         """One open file of `inode` closed; the last one frees its backing id."""
         state = inode.engine_state
         if not isinstance(state, InodeTier) or state.opens == 0:
             return
         state.opens -= 1
+        if writable and state.writers:
+            state.writers -= 1
+        if not state.writers:
+            self.uncached.discard(inode.number)
         self.stats.record_release(state.tier)
         if state.opens == 0 and state.backing_id:
             try:

@@ -187,7 +187,9 @@ class Session:
                 log.exception("error handling %s", _opname(request.opcode))
                 error = errno.EIO
             finally:
-                del self._scopes[unique]
+                # Only our own: a garbage request may reuse the unique of one in flight.
+                if self._scopes.get(unique) is scope:
+                    del self._scopes[unique]
                 self.stats.in_flight -= 1
                 # The request's buffer (WRITE data lives in it) is free again.
                 if len(buf) == self._buffer_size:
@@ -219,6 +221,10 @@ class Session:
     # -- session ---------------------------------------------------------
 
     async def _init(self, request: Request) -> bytes:
+        if self.negotiated is not None:
+            # The kernel sends INIT once; another is garbage, answered EIO as libfuse does
+            # (an INIT error would otherwise end the session).
+            return pack_error(request.unique, errno.EIO)
         wishes = Wishes(
             want=_WANT, max_pages=_MAX_PAGES, max_write=_MAX_PAGES * 4096,
             passthrough=self.tiers.best_tier == "passthrough")
@@ -234,6 +240,7 @@ class Session:
             zero_copy=self.config.zero_copy,
         )
         self._send(pack_init_out(request.unique, neg))
+        self.tiers.probe()  # the kernel has taken the INIT reply: ask whether we may pass through
         self._task_status.started()
         return None
 
@@ -257,7 +264,16 @@ class Session:
                 raise
             # A negative entry: the kernel remembers the name is absent.
             return pack_entry_out(request.unique, 0, 0, timeout, 0, _NO_ATTR)
-        return pack_entry_out(request.unique, *_entry_args(entry))
+        return pack_entry_out(request.unique, *self._entry_args(entry))
+
+    def _attr_timeout(self, attr: Any) -> float:
+        """How long the kernel may cache `attr`: not at all while the inode is
+        open for writing in passthrough (mmap writes bypass us and the kernel)."""
+        return 0 if attr.st_ino in self.tiers.uncached else attr.attr_timeout
+
+    def _entry_args(self, entry: Any) -> tuple:
+        """pack_entry_out's arguments for a known inode, attr timeout as `_attr_timeout`."""
+        return (entry.st_ino, entry.generation, entry.entry_timeout, self._attr_timeout(entry), entry)
 
     async def _forget(self, request: Request) -> None:
         await self.ops.forget([(request.nodeid, request.body.nlookup)])
@@ -267,7 +283,7 @@ class Session:
 
     async def _getattr(self, request: Request) -> bytes:
         attr = await self.ops.getattr(request.nodeid, self._context(request))
-        return pack_attr_out(request.unique, attr.attr_timeout, attr)
+        return pack_attr_out(request.unique, self._attr_timeout(attr), attr)
 
     async def _setattr(self, request: Request) -> bytes:
         body = request.body
@@ -290,7 +306,7 @@ class Session:
         )
         fh = body.fh if valid & abi.FATTR_FH else None
         result = await self.ops.setattr(request.nodeid, attr, fields, fh, self._context(request))
-        return pack_attr_out(request.unique, result.attr_timeout, result)
+        return pack_attr_out(request.unique, self._attr_timeout(result), result)
 
     async def _readlink(self, request: Request) -> bytes:
         return pack_data(request.unique, await self.ops.readlink(request.nodeid, self._context(request)))
@@ -327,7 +343,7 @@ class Session:
     async def _link(self, request: Request) -> bytes:
         b = request.body
         entry = await self.ops.link(b.oldnodeid, request.nodeid, b.newname, self._context(request))
-        return pack_entry_out(request.unique, *_entry_args(entry))
+        return pack_entry_out(request.unique, *self._entry_args(entry))
 
     async def _access(self, request: Request) -> bytes:
         if not await self.ops.access(request.nodeid, request.body.mask, self._context(request)):
@@ -344,7 +360,7 @@ class Session:
         opened = self.ops.file(fi.fh)
         if not stat.S_ISREG(opened.inode.mode):
             return (abi.FOPEN_KEEP_CACHE if fi.keep_cache else 0), 0
-        state = self.tiers.open(opened.inode, opened.fd)
+        state = self.tiers.open(opened.inode, opened.fd, _writable(opened.flags))
         if state.tier == "passthrough":
             # Passthrough conflicts with DIRECT_IO; KEEP_CACHE means nothing to it.
             return abi.FOPEN_PASSTHROUGH, state.backing_id
@@ -362,7 +378,7 @@ class Session:
         b = request.body
         fi, entry = await self.ops.create(request.nodeid, b.name, b.mode, b.flags, self._context(request))
         open_flags, backing_id = self._open_flags(fi)
-        return pack_create_out(request.unique, *_entry_args(entry), fi.fh, open_flags, backing_id)
+        return pack_create_out(request.unique, *self._entry_args(entry), fi.fh, open_flags, backing_id)
 
     async def _read(self, request: Request, run: Callable[..., Awaitable[int]] = trio.to_thread.run_sync) -> None:
         """Answer READ on the inode's tier; `run` runs the blocking part."""
@@ -402,7 +418,7 @@ class Session:
         fh = request.body.fh
         opened = self.ops._files.get(fh)
         if opened is not None and stat.S_ISREG(opened.inode.mode):
-            self.tiers.release(opened.inode)
+            self.tiers.release(opened.inode, _writable(opened.flags))
         await self.ops.release(fh)
         return pack_empty(request.unique)
 
@@ -442,7 +458,7 @@ class Session:
             if entry is None:
                 continue  # vanished since the listing was taken
             if not out.add(name, entry.st_ino, stat.S_IFMT(entry.st_mode) >> 12, next_offset,
-                           _entry_args(entry)):
+                           self._entry_args(entry)):
                 # Not sent, so the kernel will not count this lookup.
                 self.ops.inodes.forget(entry.st_ino, 1)
                 break
@@ -476,6 +492,10 @@ class Session:
         return pack_empty(request.unique)
 
 
+def _writable(flags: int) -> bool:
+    return flags & os.O_ACCMODE != os.O_RDONLY
+
+
 async def _call_inline(fn: Callable[..., int], *args: Any) -> int:
     return fn(*args)
 
@@ -492,8 +512,10 @@ def _in_page_cache(fd: int, offset: int, size: int) -> bool:
         os.preadv(fd, [_PROBE], offset, os.RWF_NOWAIT)
         if size > 1:
             os.preadv(fd, [_PROBE], offset + size - 1, os.RWF_NOWAIT)
-    except OSError:
-        return False  # EAGAIN: not cached; EOPNOTSUPP etc.: cannot tell
+    except (OSError, OverflowError):
+        # EAGAIN: not cached; EOPNOTSUPP etc.: cannot tell; OverflowError: an
+        # offset past 2**63 (only garbage has one), which READ itself refuses.
+        return False
     return True
 
 
@@ -561,11 +583,20 @@ async def _main(session: Session, on_ready: Callable[[], None]) -> None:
 
         nursery.start_soon(_unmount_on_signal, session.config.mountpoint, nursery.cancel_scope)
         await nursery.start(serve_then_stop)
-        if session.tiers.passthrough_refused and session.config.zero_copy == "passthrough":
-            log.warning("kernel passthrough is not possible here (%s); using %s",
-                        session.tiers.passthrough_refused, session.tiers.data_tier())
+        refused = session.tiers.passthrough_refused
+        if refused:
+            # Asked for explicitly: a warning, which the launcher shows the user.
+            level = logging.WARNING if session.config.zero_copy == "passthrough" else logging.INFO
+            log.log(level, "kernel passthrough is not possible here (%s%s); using %s",
+                    refused, _REFUSAL_HINTS.get(refused, ""), session.tiers.data_tier())
         _raise_readahead(session)
         on_ready()
+
+
+_REFUSAL_HINTS = {
+    "passthrough-eperm": ": the daemon lacks CAP_SYS_ADMIN in the initial user namespace",
+    "passthrough-not-negotiated": ": the kernel does not offer it",
+}
 
 
 def _raise_readahead(session: Session) -> None:

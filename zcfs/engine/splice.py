@@ -41,6 +41,7 @@ class _PipePair:
     """The data pipe and the reply pipe of one worker thread."""
 
     def __init__(self) -> None:
+        self.data_r = self.data_w = self.reply_r = self.reply_w = -1  # close() works if a pipe fails
         self.data_r, self.data_w = _sized_pipe()
         self.reply_r, self.reply_w = _sized_pipe()
         self.capacity = min(fcntl.fcntl(self.data_w, F_GETPIPE_SZ), fcntl.fcntl(self.reply_w, F_GETPIPE_SZ))
@@ -50,6 +51,12 @@ class _PipePair:
             if fd >= 0:
                 os.close(fd)
         self.data_r = self.data_w = self.reply_r = self.reply_w = -1
+
+    def __del__(self) -> None:
+        # trio retires worker threads idle for 10 s; their thread-local pair
+        # goes with them, and its four fds must too (else each burst of
+        # concurrent READs leaks them for good).
+        self.close()
 
 
 def _sized_pipe() -> tuple[int, int]:
