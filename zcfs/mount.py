@@ -147,6 +147,20 @@ def _mountinfo_fields(path: str) -> list[bytes] | None:
     return found
 
 
+def filesystem_type(path: str) -> str | None:
+    """The type of the filesystem holding `path` (its closest mount), or None."""
+    path = os.path.realpath(path)
+    best, found = -1, None
+    with open("/proc/self/mountinfo", "rb") as info:
+        for line in info:
+            fields = line.split()
+            point = _unescape(fields[4])
+            inside = path == point or path.startswith(point.rstrip("/") + "/")
+            if inside and len(point) >= best:
+                best, found = len(point), fields[fields.index(b"-") + 1].decode()
+    return found
+
+
 def mounted_at(path: str) -> str | None:
     """The filesystem type mounted exactly at `path`, or None."""
     fields = _mountinfo_fields(path)

@@ -33,7 +33,7 @@ import trio
 
 from .. import syscalls
 from ..fs import ZcfsOperations
-from ..mount import MountConfig, UsageError, mount_device
+from ..mount import MountConfig, UsageError, filesystem_type, mount_device
 from ..proto import abi
 from ..proto.negotiate import Negotiated, Wishes, negotiate, request_buffer_size
 from ..proto import (
@@ -227,7 +227,8 @@ class Session:
             return pack_error(request.unique, errno.EIO)
         wishes = Wishes(
             want=_WANT, max_pages=_MAX_PAGES, max_write=_MAX_PAGES * 4096,
-            passthrough=self.tiers.best_tier == "passthrough")
+            passthrough=self.tiers.best_tier == "passthrough",
+            max_stack_depth=_stack_depth(self.config.backing))
         neg = negotiate(request.body, wishes)
         self.negotiated = neg
         self._buffer_size = request_buffer_size(neg)
@@ -490,6 +491,20 @@ class Session:
     async def _removexattr(self, request: Request) -> bytes:
         await self.ops.removexattr(request.nodeid, request.body.name, self._context(request))
         return pack_empty(request.unique)
+
+
+# Filesystems that are themselves stacked on another one (s_stack_depth 1).
+_STACKED = {"overlay", "ecryptfs"}
+
+
+def _stack_depth(backing: str) -> int:
+    """max_stack_depth for passthrough: one more than the backing filesystem's.
+
+    A backing dir on overlayfs (a container's root) needs 2, the kernel's
+    limit, which in turn keeps anyone from stacking overlayfs on zcfs; on
+    anything else 1 leaves that possible.
+    """
+    return 2 if filesystem_type(backing) in _STACKED else 1
 
 
 def _writable(flags: int) -> bool:
