@@ -50,6 +50,10 @@ log = logging.getLogger(__name__)
 
 BEST_TIER = {"auto": "passthrough", "passthrough": "passthrough", "splice": "splice", "off": "copy"}
 
+# Free request buffers kept for reuse; a burst of concurrent requests
+# allocates more, which are then let go.
+_IDLE_BUFFERS = 8
+
 # Requests that may wait on the disk get a task of their own.
 _CONCURRENT = {Opcode.READ, Opcode.WRITE, Opcode.FSYNC, Opcode.FSYNCDIR, Opcode.FALLOCATE,
                Opcode.COPY_FILE_RANGE, Opcode.SETATTR, Opcode.FLUSH}
@@ -149,7 +153,7 @@ class Session:
             request = parse_request(memoryview(buf)[:length], setxattr_ext=False)
         except ProtocolError as exc:
             log.warning("malformed request: %s", exc)
-            self._buffers.append(buf)
+            self._recycle(buf)
             if exc.unique is not None:
                 self._send(pack_error(exc.unique, exc.errno))
             return
@@ -164,6 +168,11 @@ class Session:
     def _read_is_cached(self, request: Request) -> bool:
         opened = self.ops._files.get(request.body.fh)
         return opened is not None and _in_page_cache(opened.fd, request.body.offset, request.body.size)
+
+    def _recycle(self, buf: bytearray) -> None:
+        """Keep a free request buffer for reuse, up to a few (each is ~1 MiB)."""
+        if len(buf) == self._buffer_size and len(self._buffers) < _IDLE_BUFFERS:
+            self._buffers.append(buf)
 
     async def _answer(self, request: Request, buf: bytearray,
                       handler: Callable[[Request], Awaitable[bytes | None]] | None = None) -> None:
@@ -192,8 +201,7 @@ class Session:
                     del self._scopes[unique]
                 self.stats.in_flight -= 1
                 # The request's buffer (WRITE data lives in it) is free again.
-                if len(buf) == self._buffer_size:
-                    self._buffers.append(buf)
+                self._recycle(buf)
         if scope.cancelled_caught:
             error = errno.EINTR
         if error and request.opcode not in (Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.INTERRUPT):
