@@ -27,9 +27,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from zcfs.testing import Mount, start_mount, stop_mount  # noqa: E402
 
-MODES = ["pyfuse3", "native-off", "native-splice", "native-auto"]
+MODES = ["pyfuse3", "native-off", "native-splice", "native-splice+direct_io", "native-auto"]
 LABELS = {"pyfuse3": "pyfuse3 engine (copy)", "native-off": "native copy",
-          "native-splice": "native splice", "native-auto": "native passthrough"}
+          "native-splice": "native splice", "native-splice+direct_io": "splice, -o direct_io",
+          "native-auto": "native passthrough"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 

@@ -39,10 +39,14 @@ class Mount:
 
 
 def mode_args(mode: str) -> list[str]:
+    """Command-line arguments for a mode: "ENGINE[-TIER][+OPTION...]"."""
+    mode, *options = mode.split("+")
     engine, _, tier = mode.partition("-")
     args = ["--engine", engine]
     if tier:
         args += ["--zero-copy", tier]
+    for option in options:
+        args += ["-o", option]
     return args
 
 
