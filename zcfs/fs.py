@@ -279,12 +279,20 @@ class ZcfsOperations(pyfuse3.Operations):
     @_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         self._check_writable()
-        os.unlink(_check_name(name), dir_fd=self._inode(parent_inode).fd)
+        parent = self._inode(parent_inode)
+        victim = self._last_link_victim(parent, _check_name(name))
+        os.unlink(name, dir_fd=parent.fd)
+        if victim is not None:
+            self.inodes.pin(victim)
 
     @_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         self._check_writable()
-        os.rmdir(_check_name(name), dir_fd=self._inode(parent_inode).fd)
+        parent = self._inode(parent_inode)
+        victim = self._last_link_victim(parent, _check_name(name))
+        os.rmdir(name, dir_fd=parent.fd)
+        if victim is not None:
+            self.inodes.pin(victim)
 
     @_errors
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
@@ -292,7 +300,35 @@ class ZcfsOperations(pyfuse3.Operations):
         self._check_writable()
         old_parent = self._inode(parent_inode_old)
         new_parent = self._inode(parent_inode_new)
+        victim = None
+        if not flags & (syscalls.RENAME_EXCHANGE | syscalls.RENAME_NOREPLACE):
+            victim = self._last_link_victim(new_parent, _check_name(name_new))
         syscalls.renameat2(old_parent.fd, _check_name(name_old), new_parent.fd, _check_name(name_new), flags)
+        if victim is not None:
+            self.inodes.pin(victim)
+
+    def _last_link_victim(self, parent: Inode, name: bytes) -> Inode | None:
+        """The known inode whose last name removing `name` takes, its fd opened now.
+
+        The kernel can still reach an object after its last name is gone
+        (an O_PATH fd, a cwd in a removed directory), but its file handle no
+        longer opens it: so once removed, its fd is pinned, never evicted
+        (forget closes it). None if `name` is not such a last link.
+        """
+        try:
+            st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+        except OSError:
+            return None  # the removal itself reports why
+        if not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1:
+            return None
+        victim = self.inodes.known(st)
+        if victim is None:
+            return None
+        try:
+            victim.fd  # reopened by handle if evicted, while the object still has its name
+        except OSError:
+            return None  # an older object that had this inode number
+        return victim
 
     # -- files -----------------------------------------------------------
 

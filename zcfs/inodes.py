@@ -168,8 +168,12 @@ class InodeTable:
                 del self._by_identity[(inode.dev, inode.ino)]
             self._close(inode)
 
+    def known(self, st: os.stat_result) -> Inode | None:
+        """The inode of the backing object with stat `st`, if the kernel knows one by that identity."""
+        return self._by_identity.get((st.st_dev, st.st_ino))
+
     def pin(self, inode: Inode) -> None:
-        """Keep `inode`'s fd open (it has an open file or directory)."""
+        """Keep `inode`'s fd open (it has an open file or directory, or lost its last name)."""
         inode.pins += 1
 
     def unpin(self, inode: Inode) -> None:

@@ -4,6 +4,8 @@ Engines report events (`record_*`); anyone reads `statistics()`, a plain
 dict snapshot (the documented JSON shape, see README). Counters are plain
 ints touched from one thread at a time (the event loop, or a worker thread
 under the GIL for `record_data`), cheap enough to stay always on.
+ZCFS_NO_STATS=1 in the daemon's environment turns recording off, only to
+measure what it costs (scripts/bench_stats_overhead.py).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import collections
 import errno as errno_names
 import json
+import math
+import os
 import time
 from typing import Any, Callable
 
@@ -18,13 +22,41 @@ TIERS = ("passthrough", "splice", "copy")
 HISTOGRAM_BUCKETS = 32  # bucket k counts latencies in [2**(k-1), 2**k) microseconds
 
 
+def bucket_bounds(k: int) -> tuple[float, float]:
+    """The latencies bucket `k` counts, in microseconds: [low, high)."""
+    if k == 0:
+        return 0.0, 1.0
+    return float(1 << (k - 1)), (math.inf if k == HISTOGRAM_BUCKETS - 1 else float(1 << k))
+
+
+def latency_percentile(histogram: list[int], q: float) -> float | None:
+    """Estimate the q-quantile (0 < q <= 1) of a latency histogram, in microseconds.
+
+    Linear inside the bucket holding it (as Prometheus' histogram_quantile);
+    the open-ended last bucket gives its lower bound. None if empty.
+    """
+    rank = q * sum(histogram)
+    seen = 0
+    for k, n in enumerate(histogram):
+        if n and seen + n >= rank:
+            low, high = bucket_bounds(k)
+            return low if high == math.inf else low + (high - low) * (rank - seen) / n
+        seen += n
+    return None
+
+
 class _OpCounters:
-    __slots__ = ("count", "errors", "latency")
+    __slots__ = ("count", "errors", "latency", "seconds")
 
     def __init__(self) -> None:
         self.count = 0
         self.errors: collections.Counter[str] = collections.Counter()
         self.latency = [0] * HISTOGRAM_BUCKETS
+        self.seconds = 0.0
+
+
+def _ignore(*args: Any) -> None:
+    pass
 
 
 class Stats:
@@ -48,6 +80,11 @@ class Stats:
         self.backing_ids = 0
         self.in_flight = 0
         self._gauges: dict[str, Callable[[], int]] = {}
+        self.enabled = os.environ.get("ZCFS_NO_STATS", "") in ("", "0")
+        if not self.enabled:
+            # The engines still call these; now they cost a call and nothing else.
+            self.record_op = self.record_data = self.record_open = _ignore  # type: ignore[method-assign]
+            self.record_release = self.record_fallback = _ignore  # type: ignore[method-assign]
 
     # -- recording -------------------------------------------------------
 
@@ -55,10 +92,11 @@ class Stats:
         """Count one answered request: its latency and, if it failed, its errno."""
         counters = self._ops[opcode]
         counters.count += 1
+        counters.seconds += seconds
         if error:
             counters.errors[errno_names.errorcode.get(error, str(error))] += 1
-        micros = int(seconds * 1e6)
-        counters.latency[min(micros.bit_length(), HISTOGRAM_BUCKETS - 1)] += 1
+        bucket = int(seconds * 1e6).bit_length()
+        counters.latency[bucket if bucket < HISTOGRAM_BUCKETS else -1] += 1
 
     def record_data(self, direction: str, tier: str, nbytes: int) -> None:
         """Count one READ or WRITE request served on `tier` ("splice"/"copy")."""
@@ -101,7 +139,8 @@ class Stats:
             "write": _deep_copy(self._data["write"]),
             "fallbacks": dict(self.fallbacks),
             "ops": {
-                name: {"count": c.count, "errors": dict(c.errors), "latency_us_log2": list(c.latency)}
+                name: {"count": c.count, "errors": dict(c.errors), "seconds": c.seconds,
+                       "latency_us_log2": list(c.latency)}
                 for name, c in sorted(self._ops.items())
             },
             "gauges": gauges,

@@ -556,11 +556,11 @@ _NO_ATTR = types.SimpleNamespace(
     st_nlink=0, st_uid=0, st_gid=0, st_rdev=0, st_blksize=0)
 
 
+_OPNAMES = {int(op): op.name for op in Opcode}  # Opcode(n).name costs more than the stats it names
+
+
 def _opname(opcode: int) -> str:
-    try:
-        return Opcode(opcode).name
-    except ValueError:
-        return f"OPCODE_{opcode}"
+    return _OPNAMES.get(opcode) or f"OPCODE_{opcode}"
 
 
 # The INIT capabilities we ask for; the granted ones are shown in stats.
