@@ -128,6 +128,10 @@ class ZcfsOperations(pyfuse3.Operations):
         except KeyError:
             raise pyfuse3.FUSEError(errno.EBADF) from None
 
+    def find_file(self, fh: int) -> OpenFile | None:
+        """The open file behind handle `fh`, or None."""
+        return self._files.get(fh)
+
     def file_fd(self, fh: int) -> int:
         """The backing fd to read a handle's bytes from (the read seam)."""
         return self.file(fh).fd

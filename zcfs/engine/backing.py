@@ -52,7 +52,6 @@ class TierChooser:
         self.dev_fd = dev_fd
         self.best_tier = best_tier  # "passthrough", "splice" or "copy"
         self.stats = stats
-        self.splice_works = True  # cleared after the backing fs refuses splice
         # Why this mount cannot pass through at all (counted per file), or None.
         self.passthrough_refused: str | None = None
         # Node ids with a file open for writing in passthrough: their attributes
@@ -77,9 +76,7 @@ class TierChooser:
 
     def data_tier(self) -> str:
         """The tier for READ requests that reach us (not passthrough)."""
-        if self.best_tier == "copy" or not self.splice_works:
-            return "copy"
-        return "splice"
+        return "copy" if self.best_tier == "copy" else "splice"
 
     def open(self, inode: Inode, fd: int, writable: bool = False) -> InodeTier:
         """Choose the tier of a new open of `inode` whose backing fd is `fd`.

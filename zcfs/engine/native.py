@@ -82,10 +82,6 @@ class SetattrFields:
     update_size: bool
 
 
-def _entry_args(entry: Any) -> tuple:
-    return (entry.st_ino, entry.generation, entry.entry_timeout, entry.attr_timeout, entry)
-
-
 class Session:
     """One mount's FUSE session: reads requests, answers them."""
 
@@ -166,7 +162,7 @@ class Session:
             await self._answer(request, buf)
 
     def _read_is_cached(self, request: Request) -> bool:
-        opened = self.ops._files.get(request.body.fh)
+        opened = self.ops.find_file(request.body.fh)
         return opened is not None and _in_page_cache(opened.fd, request.body.offset, request.body.size)
 
     def _recycle(self, buf: bytearray) -> None:
@@ -323,18 +319,18 @@ class Session:
     async def _symlink(self, request: Request) -> bytes:
         b = request.body
         entry = await self.ops.symlink(request.nodeid, b.name, b.target, self._context(request))
-        return pack_entry_out(request.unique, *_entry_args(entry))
+        return pack_entry_out(request.unique, *self._entry_args(entry))
 
     async def _mknod(self, request: Request) -> bytes:
         b = request.body
         entry = await self.ops.mknod(request.nodeid, b.name, b.mode, b.rdev, self._context(request))
-        return pack_entry_out(request.unique, *_entry_args(entry))
+        return pack_entry_out(request.unique, *self._entry_args(entry))
 
     async def _mkdir(self, request: Request) -> bytes:
         b = request.body
         # fuse_mkdir_in's mode lacks the type bits (the kernel knows it is a dir).
         entry = await self.ops.mkdir(request.nodeid, b.name, b.mode, self._context(request))
-        return pack_entry_out(request.unique, *_entry_args(entry))
+        return pack_entry_out(request.unique, *self._entry_args(entry))
 
     async def _unlink(self, request: Request) -> bytes:
         await self.ops.unlink(request.nodeid, request.body.name, self._context(request))
@@ -425,7 +421,7 @@ class Session:
 
     async def _release(self, request: Request) -> bytes:
         fh = request.body.fh
-        opened = self.ops._files.get(fh)
+        opened = self.ops.find_file(fh)
         if opened is not None and stat.S_ISREG(opened.inode.mode):
             self.tiers.release(opened.inode, _writable(opened.flags))
         await self.ops.release(fh)

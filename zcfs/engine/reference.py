@@ -65,7 +65,7 @@ def instrument(ops: ZcfsOperations, stats: Stats) -> None:
     read, write, open_, create, release = ops.read, ops.write, ops.open, ops.create, ops.release
 
     def is_regular(fh: int) -> bool:
-        opened = ops._files.get(fh)
+        opened = ops.find_file(fh)
         return opened is not None and stat.S_ISREG(opened.inode.mode)
 
     async def read_counted(fh: int, off: int, size: int) -> bytes:
