@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from zcfs.testing import Mount, start_mount, stop_mount  # noqa: E402
+from zcfs.testing import Mount, evict_page_cache, start_mount, stop_mount  # noqa: E402
 
 MODES = ["pyfuse3", "native-off", "native-splice", "native-splice+direct_io", "native-auto"]
 LABELS = {"pyfuse3": "pyfuse3 engine (copy)", "native-off": "native copy",
@@ -47,14 +47,6 @@ def set_readahead(path: Path, kib: int = 1024) -> None:
         Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb").write_text(str(kib))
     except OSError:
         pass
-
-
-def evict(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def dd_read(path: Path) -> float:
@@ -133,7 +125,7 @@ def main() -> int:
                 for mode in order:
                     mount = mounts[mode]
                     target = mount.path / "file.bin"
-                    evict(target)
+                    evict_page_cache(target)
                     before = cpu_seconds(mount.process.pid)
                     seconds = dd_read(target)
                     cpu[mode] += cpu_seconds(mount.process.pid) - before

@@ -33,7 +33,7 @@ from typing import Callable, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from zcfs.statscli import read_stats  # noqa: E402
-from zcfs.testing import Mount, start_mount, stop_mount  # noqa: E402
+from zcfs.testing import Mount, evict_page_cache, start_mount, stop_mount  # noqa: E402
 
 MODE = "native-splice"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -57,17 +57,9 @@ def stats_off(off: bool) -> Iterator[None]:
         os.environ.pop("ZCFS_NO_STATS", None)
 
 
-def evict(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 def dd_read(mount: Mount, part: int) -> None:
     target = mount.path / "file.bin"
-    evict(target)
+    evict_page_cache(target)
     subprocess.run(["dd", f"if={target}", "of=/dev/null", "bs=1M"], check=True, capture_output=True)
 
 

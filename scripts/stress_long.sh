@@ -19,7 +19,7 @@ modes=${ZCFS_TEST_MODES:-pyfuse3,native-auto,native-splice,native-off}
 base=$(mktemp -d /tmp/zcfs-stress-long.XXXXXX)
 log="$base.log"
 started=$(date +%s)
-.venv/bin/python -m pytest -q -p no:cacheprovider --basetemp="$base/pytest" --durations=0 \
+.venv/bin/python -m pytest -q -p no:cacheprovider --basetemp="$base/pytest" --durations=20 \
   tests/integration/test_differential.py tests/integration/test_fio.py tests/integration/test_stress.py \
   "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}

@@ -30,12 +30,16 @@ class Mount:
         return json.loads(os.getxattr(self.path, "user.zcfs.stats"))
 
     def drop_cache(self, path: Path) -> None:
-        """Evict the mount's page cache of one file (reads then reach the daemon)."""
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+        evict_page_cache(path)
+
+
+def evict_page_cache(path: Path) -> None:
+    """Evict one file's page cache (on a mount: its next reads reach the daemon)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
 
 
 def mode_args(mode: str) -> list[str]:

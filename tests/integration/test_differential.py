@@ -42,6 +42,12 @@ Where the two sides legitimately differ, the test says exactly why:
   at slightly different moments); st_blocks is not compared (delayed
   allocation makes it depend on writeback timing).
 
+A second run does the same while the daemon's inode fd cache is tiny
+(RLIMIT_NOFILE 256, 200 ballast files churned): inode fds are evicted and
+reopened by file handle all along. Two deterministic regression tests pin
+the bugs these runs found (mmap writeback through an O_APPEND handle;
+removed objects reachable through O_PATH fds or a cwd after eviction).
+
 `ZCFS_FSX_EXAMPLES` raises the number of examples (and, with it, the steps
 per example) for long runs (scripts/stress_long.sh).
 """
