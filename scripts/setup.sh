@@ -18,6 +18,11 @@ if ((${#missing[@]})); then
 fi
 
 python=${PYTHON:-python3}
+if ! "$python" -c 'import venv, ensurepip, sysconfig, os; assert os.path.exists(sysconfig.get_paths()["include"] + "/Python.h")' 2>/dev/null; then
+  # Debian's own python3 keeps venv and the C headers (pyfuse3 builds) apart.
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv python3-dev >/dev/null
+fi
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
