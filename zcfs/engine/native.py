@@ -202,11 +202,13 @@ class Session:
             error = errno.EINTR
         if error and request.opcode not in (Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.INTERRUPT):
             reply = pack_error(unique, error)
+        # Counted before the reply goes out: once the client has its answer,
+        # a stats reader must see the request.
+        self.stats.record_op(_opname(request.opcode), time.perf_counter() - started, error)
         if reply is not None:
             self._send(reply)
         if error and request.opcode == Opcode.INIT:
             raise UsageError(f"the kernel's INIT could not be answered ({errno.errorcode.get(error, error)})")
-        self.stats.record_op(_opname(request.opcode), time.perf_counter() - started, error)
 
     def _send(self, reply: bytes) -> None:
         try:
