@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -82,3 +83,31 @@ def wait_until(predicate, timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.05)
     return predicate()
+
+
+@pytest.fixture
+def tmpfs_dir(tmp_path):
+    """Make tmpfs backing dirs of a given size; each is unmounted at teardown.
+
+    Requested before mount_factory, so it is torn down after the mount.
+    """
+    made: list[Path] = []
+
+    def make(name: str, size: str) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", f"zcfs-test-{name}", str(path)], check=True)
+        made.append(path)
+        return path
+
+    yield make
+    for path in reversed(made):
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+@pytest.fixture
+def shared(mode, mount_factory):
+    """An allow_other mount whose root anyone may write to."""
+    mount = mount_factory(mode, options=["allow_other"])
+    os.chmod(mount.path, 0o777)
+    return mount

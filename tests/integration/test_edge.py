@@ -183,18 +183,12 @@ HUGE = 100_000
 
 
 @pytest.fixture
-def tmpfs_backing(tmp_path):
+def tmpfs_backing(tmpfs_dir):
     """A tmpfs backing dir, requested before mount_factory so it is unmounted after the mount.
 
     Creating 100,000 files on the test machine's ext4 takes ~25 s; on tmpfs ~1 s.
     """
-    path = tmp_path / "tmpfs-backing"
-    path.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "zcfs-edge-tmpfs", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=True)
+    return tmpfs_dir("tmpfs-backing", "256m")
 
 
 # Readdir is engine code (pyfuse3's or ours) and does not depend on the data

@@ -208,15 +208,9 @@ def test_backing_tree_changed_underneath(mode, mount_factory):
 # -- a full backing filesystem -----------------------------------------------
 
 @pytest.fixture
-def tiny_tmpfs(tmp_path):
+def tiny_tmpfs(tmpfs_dir):
     """A 4 MiB tmpfs backing dir; requested before mount_factory, so unmounted after the mount."""
-    path = tmp_path / "tiny"
-    path.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "zcfs-test-tiny", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=True)
+    return tmpfs_dir("tiny", "4m")
 
 
 def test_enospc_keeps_what_was_written(tiny_tmpfs, mode, mount_factory):

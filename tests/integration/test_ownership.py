@@ -82,14 +82,6 @@ def owner_mode(path: Path) -> tuple[int, int, int]:
     return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
 
 
-@pytest.fixture
-def shared(mode, mount_factory):
-    """An allow_other mount whose root anyone may write to."""
-    mount = mount_factory(mode, options=["allow_other"])
-    os.chmod(mount.path, 0o777)
-    return mount
-
-
 def test_new_objects_belong_to_the_caller(shared, test_user):
     uid, gid = test_user
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 import time
 
 import pytest
@@ -24,18 +23,12 @@ def test_posix_uncached(check, mode, mount_factory):
 
 
 @pytest.fixture
-def tmpfs_backing(tmp_path):
+def tmpfs_backing(tmpfs_dir):
     """A small tmpfs backing dir (it takes 64 KiB xattr values, ext4 does not; 4 MiB fill fast).
 
     Requested before mount_factory, so it is torn down after the mount.
     """
-    path = tmp_path / "tmpfs-backing"
-    path.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "zcfs-test-tmpfs", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=True)
+    return tmpfs_dir("tmpfs-backing", "4m")
 
 
 def test_xattr_64k_value_on_tmpfs(tmpfs_backing, mode, mount_factory):

@@ -47,14 +47,6 @@ def op_count(mount, opname: str) -> int:
     return mount.stats()["ops"].get(opname, {}).get("count", 0)
 
 
-@pytest.fixture
-def shared(mode, mount_factory):
-    """An allow_other mount whose root anyone may write to."""
-    mount = mount_factory(mode, options=["allow_other"])
-    os.chmod(mount.path, 0o777)
-    return mount
-
-
 # -- another user, through allow_other ----------------------------------------
 
 def test_no_way_into_a_private_root_directory(shared, test_user):
