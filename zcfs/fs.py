@@ -282,19 +282,18 @@ class ZcfsOperations(pyfuse3.Operations):
 
     @_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
-        self._check_writable()
-        parent = self._inode(parent_inode)
-        victim = self._last_link_victim(parent, _check_name(name))
-        os.unlink(name, dir_fd=parent.fd)
-        if victim is not None:
-            self.inodes.pin(victim)
+        self._remove(parent_inode, name, os.unlink)
 
     @_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        self._remove(parent_inode, name, os.rmdir)
+
+    def _remove(self, parent_inode: int, name: bytes, remove: Callable[..., None]) -> None:
+        """unlink or rmdir `name`, keeping the fd of an object that loses its last name."""
         self._check_writable()
         parent = self._inode(parent_inode)
         victim = self._last_link_victim(parent, _check_name(name))
-        os.rmdir(name, dir_fd=parent.fd)
+        remove(name, dir_fd=parent.fd)
         if victim is not None:
             self.inodes.pin(victim)
 
