@@ -83,6 +83,14 @@ def _setting(field: str, to: object = None) -> Callable[[MountConfig, str, str],
     return lambda config, name, value: setattr(config, field, value if to is None else to)
 
 
+def _choice(field: str, choices: tuple[str, ...]) -> Callable[[MountConfig, str, str], None]:
+    def apply(config: MountConfig, name: str, value: str) -> None:
+        if value not in choices:
+            raise UsageError(f"option {name} must be one of {', '.join(choices)}, not {value!r}")
+        setattr(config, field, value)
+    return apply
+
+
 def _fuse_option(config: MountConfig, name: str, value: str) -> None:
     """Kernel FUSE mount data zcfs does not interpret (allow_root, max_read=N, ...)."""
     config.extra_fuse_options.append(f"{name}={value}" if value else name)
@@ -110,7 +118,9 @@ OPTIONS: dict[str, Option] = {
     "allow_root": (False, _fuse_option),
     "auto_unmount": (False, _fuse_option),
     "max_read": (True, _fuse_option),
-    # zcfs's own
+    # zcfs's own (engine and zero_copy too, for fstab lines, which cannot pass --engine)
+    "engine": (True, _choice("engine", ENGINES)),
+    "zero_copy": (True, _choice("zero_copy", TIERS)),
     "entry_timeout": (True, _fs_seconds),
     "attr_timeout": (True, _fs_seconds),
     "negative_timeout": (True, _fs_seconds),

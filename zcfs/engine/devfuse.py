@@ -13,6 +13,7 @@ import errno
 import fcntl
 import os
 import socket
+import stat
 import subprocess
 
 from ..mount import MountConfig, UsageError
@@ -157,6 +158,11 @@ def _fusermount_failure(stderr: bytes) -> str:
         return f"{said}; {_NO_DEVICE}"
     if "/dev/fuse" in said and "Operation not permitted" in said:
         return f"{said}; {_DEVICE_DENIED}"
+    if "/dev/fuse" in said and "Permission denied" in said:
+        # fusermount3 opens the device with the caller's rights: its mode is the admin's policy.
+        mode = stat.S_IMODE(os.stat("/dev/fuse").st_mode)
+        return (f"{said}; /dev/fuse is mode {mode:04o} here, so only root may mount FUSE filesystems: "
+                f"as root, chmod 0666 /dev/fuse (the usual default; a udev rule keeps it), or run zcfs as root")
     return said
 
 
