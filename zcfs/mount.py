@@ -267,7 +267,8 @@ def check_paths(config: MountConfig) -> list[str]:
         raise UsageError(f"mountpoint {config.mountpoint} is not a directory")
     config.mountpoint = os.path.realpath(config.mountpoint)
     in_use = mounted_at(config.mountpoint)
-    if in_use is not None:
+    if in_use is not None and in_use.split(".")[0] in ("fuse", "fuseblk"):
+        # Any other mount may be mounted over (a container's volume, a bind mount).
         raise UsageError(
             f"mountpoint {config.mountpoint} is already a mount ({in_use}); unmount it first")
     if config.mountpoint.startswith(config.backing.rstrip("/") + "/"):

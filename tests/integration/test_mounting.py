@@ -504,3 +504,19 @@ def test_plugin_fixture_unmounts_a_failed_test(tmp_path):
                             cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 1 and "this test fails on purpose" in result.stdout, result.stdout
     assert not mount_is_listed(Path(seen.read_text()))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_mounts_over_a_volume(engine, tmp_path, namespace):
+    """A container's volume is a bind mount: zcfs mounts over it (over a FUSE mount it still refuses)."""
+    backing, mnt = tmp_path / "backing", tmp_path / "mnt"
+    backing.mkdir()
+    mnt.mkdir()
+    (backing / "hello").write_bytes(b"hello\n")
+    ns = namespace(f"mount --bind {mnt} {mnt}")
+    result = ns.run(sys.executable, "-m", "zcfs", backing, mnt, "--engine", engine)
+    assert result.returncode == 0, result.stderr
+    assert ns.run("cat", mnt / "hello").stdout == "hello\n"
+    again = ns.run(sys.executable, "-m", "zcfs", backing, mnt, "--engine", engine)
+    assert again.returncode == 1 and "already a mount (fuse.zcfs)" in one_line(again.stderr)
+    assert ns.run("umount", mnt).returncode == 0
