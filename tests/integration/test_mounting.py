@@ -520,3 +520,13 @@ def test_mounts_over_a_volume(engine, tmp_path, namespace):
     again = ns.run(sys.executable, "-m", "zcfs", backing, mnt, "--engine", engine)
     assert again.returncode == 1 and "already a mount (fuse.zcfs)" in one_line(again.stderr)
     assert ns.run("umount", mnt).returncode == 0
+
+
+def test_auto_unmount_after_the_daemon_is_killed(mode, mount_factory):
+    """-o auto_unmount: fusermount3 stays and unmounts when the daemon dies, so no stale mount is left."""
+    mount = mount_factory(mode, options=["auto_unmount"])
+    (mount.backing / "f").write_bytes(b"x")
+    assert (mount.path / "f").read_bytes() == b"x"
+    mount.process.kill()
+    mount.process.wait()
+    assert wait_until(lambda: not mount_is_listed(mount.path), timeout=10)
