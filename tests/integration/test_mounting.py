@@ -530,3 +530,23 @@ def test_auto_unmount_after_the_daemon_is_killed(mode, mount_factory):
     mount.process.kill()
     mount.process.wait()
     assert wait_until(lambda: not mount_is_listed(mount.path), timeout=10)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_daemon_leaves_a_mount_on_top_alone(engine, tmp_path, namespace):
+    """On SIGTERM the daemon unmounts its own mount only: not one mounted over it since."""
+    backing, mnt = tmp_path / "backing", tmp_path / "mnt"
+    backing.mkdir()
+    mnt.mkdir()
+    ns = namespace()
+    script = (f"{sys.executable} -m zcfs {backing} {mnt} -f --engine {engine} --log {tmp_path}/log &\n"
+              "pid=$!\n"
+              f"for i in $(seq 600); do grep -q ' {mnt} fuse' /proc/mounts && break; sleep 0.1; done\n"
+              f"mount -t tmpfs zcfs-test-on-top {mnt}\n"
+              "kill -TERM $pid\n"
+              "wait $pid\n")
+    result = ns.run("sh", "-ec", script)
+    assert result.returncode == 0, result.stderr
+    table = [line.split() for line in ns.run("cat", "/proc/self/mountinfo").stdout.splitlines()]
+    on_top = [fields for fields in table if fields[4] == str(mnt)][-1]
+    assert on_top[on_top.index("-") + 1] == "tmpfs"

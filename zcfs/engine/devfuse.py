@@ -16,7 +16,7 @@ import socket
 import stat
 import subprocess
 
-from ..mount import MountConfig, UsageError
+from ..mount import MountConfig, UsageError, mount_device, mount_options
 from ..proto import abi
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -69,8 +69,20 @@ def _fuse_data(config: MountConfig, fd: int) -> str:
     return ",".join(parts)
 
 
+# mountpoint -> "major:minor" of the mount we made there, so that `unmount`
+# never detaches a mount someone else made at the same place since.
+_mounted: dict[str, str | None] = {}
+
+
 def mount(config: MountConfig) -> int:
-    """Mount `config.mountpoint` and return the /dev/fuse fd (UsageError on failure).
+    """Mount `config.mountpoint` and return the /dev/fuse fd (UsageError on failure)."""
+    fd = _mount(config)
+    _mounted[config.mountpoint] = mount_device(config.mountpoint)
+    return fd
+
+
+def _mount(config: MountConfig) -> int:
+    """Mount, one way or the other.
 
     mount(2) when we may (root, or root of a user namespace that owns the
     mount namespace); else the setuid fusermount3, which opens /dev/fuse
@@ -173,7 +185,6 @@ def remount(mountpoint: str, options: list[str]) -> None:
     stays as it is. The daemon needs to know nothing: the kernel refuses
     writes to a read-only mount itself.
     """
-    from ..mount import mount_options
     current = mount_flags([o for o in mount_options(mountpoint) if o in MOUNT_FLAGS], flags=0)
     if _libc.mount(None, mountpoint.encode(), None,
                    ctypes.c_ulong(MS_REMOUNT | mount_flags(options, current)), None) == 0:
@@ -234,7 +245,9 @@ def atime_view(backing: str, options: list[str]) -> int:
 
 
 def unmount(mountpoint: str) -> None:
-    """Detach the mount if it is still there (after the kernel said ENODEV it is gone)."""
+    """Detach our mount if it is still there (after the kernel said ENODEV it is gone)."""
+    if mountpoint in _mounted and mount_device(mountpoint) != _mounted[mountpoint]:
+        return  # gone already, or another mount now sits there
     if _libc.umount2(mountpoint.encode(), MNT_DETACH) == 0:
         return
     if ctypes.get_errno() in (errno.EPERM, errno.EACCES):
