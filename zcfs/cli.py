@@ -10,7 +10,7 @@ import subprocess
 import sys
 from typing import Callable
 
-from .mount import ENGINES, TIERS, MountConfig, UsageError, check_paths, parse_options
+from .mount import ENGINES, TIERS, MountConfig, UsageError, check_paths, filesystem_type, parse_options
 
 log = logging.getLogger("zcfs")
 
@@ -97,7 +97,7 @@ def serve(config: MountConfig, on_ready: Callable[[], None]) -> None:
     if config.metrics is not None:
         from .metrics import serve_when_ready
         on_ready = serve_when_ready(stats, config.metrics, on_ready)  # a busy port fails before mounting
-    ops = ZcfsOperations(config.backing, config.fs, stats=stats)
+    ops = ZcfsOperations(config.backing, config.fs, stats=stats, backing_type=filesystem_type(config.backing))
     try:
         if config.engine == "pyfuse3":
             from .engine import reference
