@@ -47,12 +47,32 @@ _LOCAL_FILESYSTEMS = {"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "ramfs", 
 class FsOptions:
     """Settings of the filesystem proper (cache timeouts in seconds)."""
 
+    cache: str = "auto"  # the policy the settings below came from (see CACHE_POLICIES)
     entry_timeout: float = 1.0
     attr_timeout: float = 1.0
     negative_timeout: float = 0.0
     keep_cache: bool = True
     direct_io: bool = False  # bypass the mount's page cache (splice/copy tiers)
+    cache_dir: bool = False  # let the kernel keep directory listings (FOPEN_CACHE_DIR)
     read_only: bool = False
+
+
+_DAY = 86400.0
+
+# -o cache=POLICY: how much the kernel may remember without asking us, as
+# virtiofsd and sshfs users know it. What each promises about changes made
+# directly in the backing directory is in the README.
+CACHE_POLICIES: dict[str, dict[str, object]] = {
+    # Every lookup, stat and read asks the daemon.
+    "never": dict(entry_timeout=0.0, attr_timeout=0.0, negative_timeout=0.0, keep_cache=False,
+                  direct_io=True, cache_dir=False),
+    # Names and attributes for a second; file data kept while its mtime holds.
+    "auto": dict(entry_timeout=1.0, attr_timeout=1.0, negative_timeout=0.0, keep_cache=True,
+                 direct_io=False, cache_dir=False),
+    # Only the mount changes the backing dir: remember everything, listings too.
+    "always": dict(entry_timeout=_DAY, attr_timeout=_DAY, negative_timeout=_DAY, keep_cache=True,
+                   direct_io=False, cache_dir=True),
+}
 
 
 @dataclasses.dataclass(eq=False)
@@ -213,7 +233,15 @@ class ZcfsOperations(pyfuse3.Operations):
             if parent.number == ROOT_INODE:
                 return await self._relookup(parent)
             return self._entry_for(parent, b"..")
-        return self._entry_for(parent, _check_name(name))
+        try:
+            return self._entry_for(parent, _check_name(name))
+        except FileNotFoundError:
+            if not self.options.negative_timeout:
+                raise
+        # A negative entry (node id 0): the kernel remembers the name is absent.
+        absent = pyfuse3.EntryAttributes()
+        absent.entry_timeout = self.options.negative_timeout
+        return absent
 
     async def _relookup(self, inode: Inode) -> pyfuse3.EntryAttributes:
         inode.lookups += 1

@@ -11,7 +11,7 @@ import errno
 import os
 import subprocess
 
-from .fs import FsOptions
+from .fs import CACHE_POLICIES, FsOptions
 
 ENGINES = ("native", "pyfuse3")
 TIERS = ("auto", "passthrough", "splice", "off")
@@ -93,6 +93,7 @@ def _libfuse_escape(value: str) -> str:
 def parse_options(specs: list[str], config: MountConfig) -> None:
     """Apply `-o a,b=c` strings to `config`; UsageError names an unknown option."""
     fs_changes: dict[str, object] = {}
+    cache_policy: dict[str, object] = {}
     for spec in specs:
         for item in filter(None, spec.split(",")):
             name, has_value, value = item.partition("=")
@@ -114,6 +115,10 @@ def parse_options(specs: list[str], config: MountConfig) -> None:
                 config.default_permissions = True
             elif name == "nodefault_permissions" and not has_value:
                 config.default_permissions = False
+            elif name == "cache" and has_value:
+                if value not in CACHE_POLICIES:
+                    raise UsageError(f"option cache takes {'|'.join(CACHE_POLICIES)}, not {value!r}")
+                cache_policy = dict(CACHE_POLICIES[value], cache=value)
             elif name == "direct_io" and not has_value:
                 fs_changes["direct_io"] = True
             elif name in ("keep_cache", "nokeep_cache") and not has_value:
@@ -132,8 +137,9 @@ def parse_options(specs: list[str], config: MountConfig) -> None:
         # zcfs checks no permissions itself (only access()): every user would act as root.
         raise UsageError("options allow_other and nodefault_permissions together would let every "
                          "user read and write any backing file as root; drop one of them")
-    if fs_changes:
-        config.fs = dataclasses.replace(config.fs, **fs_changes)
+    if fs_changes or cache_policy:
+        # Options given beside a cache policy refine it, in whatever order they came.
+        config.fs = dataclasses.replace(config.fs, **{**cache_policy, **fs_changes})
 
 
 def _mountinfo_fields(path: str) -> list[bytes] | None:

@@ -50,7 +50,7 @@ from ..proto import (
 from ..stats import Stats
 from . import devfuse
 from .backing import TierChooser
-from .splice import SpliceError, copy_read_reply, splice_read_reply
+from .splice import SpliceError, copy_read_reply, prepare_pipes, splice_read_reply
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +174,8 @@ class Session:
     def _worker(self) -> None:
         """One worker thread: read a request, answer it, until unmounted or stopped."""
         buf = bytearray(self._buffer_size)
+        if self.tiers.data_tier() == "splice":
+            prepare_pipes()
         poller = select.epoll()
         # EXCLUSIVE: a request wakes one idle worker, not all of them.
         poller.register(self.dev_fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
@@ -305,14 +307,7 @@ class Session:
     # -- inodes ----------------------------------------------------------
 
     async def _lookup(self, request: Request) -> bytes:
-        try:
-            entry = await self.ops.lookup(request.nodeid, request.body.name, self._context(request))
-        except pyfuse3.FUSEError as exc:
-            timeout = self.ops.options.negative_timeout
-            if exc.errno != errno.ENOENT or not timeout:
-                raise
-            # A negative entry: the kernel remembers the name is absent.
-            return pack_entry_out(request.unique, 0, 0, timeout, 0, _NO_ATTR)
+        entry = await self.ops.lookup(request.nodeid, request.body.name, self._context(request))
         return pack_entry_out(request.unique, *self._entry_args(entry))
 
     def _attr_timeout(self, attr: Any) -> float:
@@ -489,7 +484,8 @@ class Session:
 
     async def _opendir(self, request: Request) -> bytes:
         fh = await self.ops.opendir(request.nodeid, self._context(request))
-        return pack_open_out(request.unique, fh, 0)
+        cached = abi.FOPEN_CACHE_DIR | abi.FOPEN_KEEP_CACHE if self.ops.options.cache_dir else 0
+        return pack_open_out(request.unique, fh, cached)
 
     async def _readdir(self, request: Request) -> bytes:
         b = request.body
@@ -585,11 +581,6 @@ def _sized_reply(unique: int, size: int, value: bytes) -> bytes:
     if len(value) > size:
         raise pyfuse3.FUSEError(errno.ERANGE)
     return pack_data(unique, value)
-
-
-_NO_ATTR = types.SimpleNamespace(
-    st_ino=0, st_size=0, st_blocks=0, st_atime_ns=0, st_mtime_ns=0, st_ctime_ns=0, st_mode=0,
-    st_nlink=0, st_uid=0, st_gid=0, st_rdev=0, st_blksize=0)
 
 
 _OPNAMES = {int(op): op.name for op in Opcode}  # Opcode(n).name costs more than the stats it names
