@@ -13,7 +13,7 @@ import sys
 from typing import Callable, Iterator
 
 from . import syscalls
-from .mount import ENGINES, TIERS, MountConfig, check_paths, parse_options
+from .mount import ENGINES, TIERS, MountConfig, check_paths, filesystem_type, parse_options
 from .usage import ArgumentParser, UsageError
 
 log = logging.getLogger("zcfs")
@@ -102,7 +102,7 @@ def serve(config: MountConfig, on_ready: Callable[[], None]) -> None:
         from .metrics import serve_when_ready
         on_ready = serve_when_ready(stats, config.metrics, on_ready)  # a busy port fails before mounting
     with _backing_root(config) as root:
-        ops = ZcfsOperations(root, config.fs, stats=stats)
+        ops = ZcfsOperations(root, config.fs, stats=stats, backing_type=filesystem_type(config.backing))
     try:
         if config.engine == "pyfuse3":
             from .engine import reference

@@ -5,8 +5,8 @@ one name at a time, never following symlinks), so no name can climb out of
 the backing directory and renames underneath do not confuse us. Handlers
 just make their syscalls: `OSError` becomes `FUSEError` in one place
 (`_errors`). Data-path syscalls that can block for long (pread, pwrite,
-fsync) run in a worker thread so one slow disk request does not stall the
-event loop.
+fsync) go through `run_blocking`, so one slow disk request does not stall
+the others.
 
 The native engine calls the same methods with duck-typed request contexts
 and setattr fields (objects with the attribute names pyfuse3 uses), and
@@ -35,17 +35,44 @@ log = logging.getLogger(__name__)
 STATS_XATTR = b"user.zcfs.stats"  # read on the mount root: the stats channel
 STATS_XATTR_SIZE = 65536  # its value's constant size: XATTR_SIZE_MAX, the JSON then spaces
 
+# Backing filesystems that report every write error at write(2) time, so a
+# close() has nothing to add: FLUSH is then refused with ENOSYS, and the
+# kernel stops sending it (one round trip less per close). Network
+# filesystems (NFS, SMB, ...) may defer errors to close, and keep FLUSH.
+_LOCAL_FILESYSTEMS = {"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "ramfs", "overlay", "f2fs",
+                      "zfs", "bcachefs", "jfs", "reiserfs", "nilfs2", "vfat", "exfat"}
+
 
 @dataclasses.dataclass(frozen=True)
 class FsOptions:
     """Settings of the filesystem proper (cache timeouts in seconds)."""
 
+    cache: str = "auto"  # the policy the settings below came from (see CACHE_POLICIES)
     entry_timeout: float = 1.0
     attr_timeout: float = 1.0
     negative_timeout: float = 0.0
     keep_cache: bool = True
     direct_io: bool = False  # bypass the mount's page cache (splice/copy tiers)
+    cache_dir: bool = False  # let the kernel keep directory listings (FOPEN_CACHE_DIR)
     read_only: bool = False
+
+
+_DAY = 86400.0
+
+# -o cache=POLICY: how much the kernel may remember without asking us, as
+# virtiofsd and sshfs users know it. What each promises about changes made
+# directly in the backing directory is in the README.
+CACHE_POLICIES: dict[str, dict[str, object]] = {
+    # Every lookup, stat and read asks the daemon.
+    "never": dict(entry_timeout=0.0, attr_timeout=0.0, negative_timeout=0.0, keep_cache=False,
+                  direct_io=True, cache_dir=False),
+    # Names and attributes for a second; file data kept while its mtime holds.
+    "auto": dict(entry_timeout=1.0, attr_timeout=1.0, negative_timeout=0.0, keep_cache=True,
+                 direct_io=False, cache_dir=False),
+    # Only the mount changes the backing dir: remember everything, listings too.
+    "always": dict(entry_timeout=_DAY, attr_timeout=_DAY, negative_timeout=_DAY, keep_cache=True,
+                   direct_io=False, cache_dir=True),
+}
 
 
 @dataclasses.dataclass(eq=False)
@@ -97,7 +124,8 @@ class ZcfsOperations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, backing_dir: str, options: FsOptions = FsOptions(), stats: Any = None) -> None:
+    def __init__(self, backing_dir: str, options: FsOptions = FsOptions(), stats: Any = None,
+                 backing_type: str | None = None) -> None:
         super().__init__()
         root_fd = os.open(backing_dir, os.O_PATH | os.O_DIRECTORY)
         self.options = options
@@ -107,6 +135,16 @@ class ZcfsOperations(pyfuse3.Operations):
         self._dirs: dict[int, OpenDir] = {}
         self._next_fh = 1
         self._as_root = os.geteuid() == 0
+        # backing_type: the backing dir's filesystem type, if known (see _LOCAL_FILESYSTEMS).
+        self._flush_on_close = backing_type not in _LOCAL_FILESYSTEMS
+
+    async def run_blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a syscall that may wait on the disk without holding up other requests.
+
+        Here (pyfuse3's loop) in a trio worker thread; the native engine,
+        whose requests already run in threads, replaces it with a plain call.
+        """
+        return await trio.to_thread.run_sync(fn, *args)
 
     # -- helpers ---------------------------------------------------------
 
@@ -195,7 +233,15 @@ class ZcfsOperations(pyfuse3.Operations):
             if parent.number == ROOT_INODE:
                 return await self._relookup(parent)
             return self._entry_for(parent, b"..")
-        return self._entry_for(parent, _check_name(name))
+        try:
+            return self._entry_for(parent, _check_name(name))
+        except FileNotFoundError:
+            if not self.options.negative_timeout:
+                raise
+        # A negative entry (node id 0): the kernel remembers the name is absent.
+        absent = pyfuse3.EntryAttributes()
+        absent.entry_timeout = self.options.negative_timeout
+        return absent
 
     async def _relookup(self, inode: Inode) -> pyfuse3.EntryAttributes:
         inode.lookups += 1
@@ -382,21 +428,24 @@ class ZcfsOperations(pyfuse3.Operations):
 
     @_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return await trio.to_thread.run_sync(os.pread, self.file(fh).fd, size, off)
+        return await self.run_blocking(os.pread, self.file(fh).fd, size, off)
 
     @_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        return await trio.to_thread.run_sync(os.pwrite, self.file(fh).fd, buf, off)
+        return await self.run_blocking(os.pwrite, self.file(fh).fd, buf, off)
 
     @_errors
     async def flush(self, fh: int) -> None:
+        opened = self.file(fh)
+        if not self._flush_on_close:
+            raise pyfuse3.FUSEError(errno.ENOSYS)  # see _LOCAL_FILESYSTEMS
         # close() of a dup reports deferred write errors (NFS) without
         # closing the handle, which stays open until RELEASE.
-        os.close(os.dup(self.file(fh).fd))
+        os.close(os.dup(opened.fd))
 
     @_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
-        await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, self.file(fh).fd)
+        await self.run_blocking(os.fdatasync if datasync else os.fsync, self.file(fh).fd)
 
     @_errors
     async def release(self, fh: int) -> None:
@@ -409,7 +458,7 @@ class ZcfsOperations(pyfuse3.Operations):
 
     @_errors
     async def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
-        await trio.to_thread.run_sync(syscalls.fallocate, self.file(fh).fd, mode, offset, length)
+        await self.run_blocking(syscalls.fallocate, self.file(fh).fd, mode, offset, length)
 
     @_errors
     async def lseek(self, fh: int, offset: int, whence: int) -> int:
@@ -419,8 +468,7 @@ class ZcfsOperations(pyfuse3.Operations):
     async def copy_file_range(self, fh_in: int, off_in: int, fh_out: int, off_out: int,
                               length: int, flags: int) -> int:
         fd_in, fd_out = self.file(fh_in).fd, self.file(fh_out).fd
-        return await trio.to_thread.run_sync(
-            functools.partial(os.copy_file_range, fd_in, fd_out, length, off_in, off_out))
+        return await self.run_blocking(os.copy_file_range, fd_in, fd_out, length, off_in, off_out)
 
     # -- directories -----------------------------------------------------
 
@@ -477,7 +525,7 @@ class ZcfsOperations(pyfuse3.Operations):
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         fd = os.open(syscalls.proc_path(self._opendir(fh).inode.fd), os.O_RDONLY | os.O_DIRECTORY)
         try:
-            await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fd)
+            await self.run_blocking(os.fdatasync if datasync else os.fsync, fd)
         finally:
             os.close(fd)
 

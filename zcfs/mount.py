@@ -12,7 +12,7 @@ import os
 import subprocess
 from typing import Callable
 
-from .fs import FsOptions
+from .fs import CACHE_POLICIES, FsOptions
 from .usage import UsageError
 
 ENGINES = ("native", "pyfuse3")
@@ -51,39 +51,48 @@ class MountConfig:
 
 
 # Every -o option, by name: whether it takes a value (True, False, or None for
-# either) and how it changes the config. mount(8), mount.fuse3 and systemd hand
-# over whatever an fstab line says, so an option that means nothing to a FUSE
-# daemon is accepted and ignored, never refused (also any `x-...`).
-Option = tuple[bool | None, Callable[["MountConfig", str, str], None]]
+# either) and its handler. A handler changes `config`, or returns changes to the
+# filesystem's settings (FsOptions fields), which are applied after every other
+# option, so that explicit settings refine a cache policy in whatever order
+# they came. mount(8), mount.fuse3 and systemd hand over whatever an fstab line
+# says, so an option that means nothing to a FUSE daemon is accepted and
+# ignored, never refused (also any `x-...`).
+Handler = Callable[["MountConfig", str, str], "dict[str, object] | None"]
+Option = tuple[bool | None, Handler]
 
 
-def _mount_flag(config: MountConfig, name: str, value: str) -> None:
+def _mount_flag(config: MountConfig, name: str, value: str) -> dict[str, object] | None:
     """A mount(2) flag (zcfs.engine.devfuse knows its bits)."""
     config.flag_options.append(name)
-    if name in ("ro", "rw"):
-        config.fs = dataclasses.replace(config.fs, read_only=name == "ro")
+    return {"read_only": name == "ro"} if name in ("ro", "rw") else None
 
 
-def _fs_seconds(config: MountConfig, name: str, value: str) -> None:
+def _fs_seconds(config: MountConfig, name: str, value: str) -> dict[str, object]:
     try:
         seconds = float(value)
     except ValueError:
         raise UsageError(f"option {name} needs a number of seconds, not {value!r}") from None
     if seconds < 0:
         raise UsageError(f"option {name} cannot be negative")
-    config.fs = dataclasses.replace(config.fs, **{name: seconds})
+    return {name: seconds}
 
 
-def _fs_switch(field: str, on: bool) -> Callable[[MountConfig, str, str], None]:
-    return lambda config, name, value: setattr(config, "fs", dataclasses.replace(config.fs, **{field: on}))
+def _fs_switch(field: str, on: bool) -> Handler:
+    return lambda config, name, value: {field: on}
 
 
-def _setting(field: str, to: object = None) -> Callable[[MountConfig, str, str], None]:
+def _cache_policy(config: MountConfig, name: str, value: str) -> None:
+    if value not in CACHE_POLICIES:
+        raise UsageError(f"option cache takes {'|'.join(CACHE_POLICIES)}, not {value!r}")
+    config.fs = dataclasses.replace(config.fs, **CACHE_POLICIES[value], cache=value)
+
+
+def _setting(field: str, to: object = None) -> Handler:
     """Set a MountConfig field to `to`, or to the option's value."""
     return lambda config, name, value: setattr(config, field, value if to is None else to)
 
 
-def _choice(field: str, choices: tuple[str, ...]) -> Callable[[MountConfig, str, str], None]:
+def _choice(field: str, choices: tuple[str, ...]) -> Handler:
     def apply(config: MountConfig, name: str, value: str) -> None:
         if value not in choices:
             raise UsageError(f"option {name} must be one of {', '.join(choices)}, not {value!r}")
@@ -121,6 +130,7 @@ OPTIONS: dict[str, Option] = {
     # zcfs's own (engine and zero_copy too, for fstab lines, which cannot pass --engine)
     "engine": (True, _choice("engine", ENGINES)),
     "zero_copy": (True, _choice("zero_copy", TIERS)),
+    "cache": (True, _cache_policy),
     "entry_timeout": (True, _fs_seconds),
     "attr_timeout": (True, _fs_seconds),
     "negative_timeout": (True, _fs_seconds),
@@ -141,6 +151,7 @@ IGNORED_PREFIXES = ("x-",)  # x-systemd.*, x-gvfs-*, ...
 
 def parse_options(specs: list[str], config: MountConfig) -> None:
     """Apply `-o a,b=c` strings to `config`; UsageError names an unknown or malformed option."""
+    fs_changes: dict[str, object] = {}
     for spec in specs:
         for item in filter(None, spec.split(",")):
             name, has_value, value = item.partition("=")
@@ -154,11 +165,13 @@ def parse_options(specs: list[str], config: MountConfig) -> None:
                 raise UsageError(f"mount option {name} needs a value ({name}=...)")
             if takes_value is False and has_value:
                 raise UsageError(f"mount option {name} takes no value")
-            apply(config, name, value)
+            fs_changes.update(apply(config, name, value) or {})
     if config.allow_other and not config.default_permissions:
         # zcfs checks no permissions itself (only access()): every user would act as root.
         raise UsageError("options allow_other and nodefault_permissions together would let every "
                          "user read and write any backing file as root; drop one of them")
+    # Applied last: options given beside a cache policy refine it, in whatever order they came.
+    config.fs = dataclasses.replace(config.fs, **fs_changes)
 
 
 def _mountinfo_fields(path: str) -> list[bytes] | None:

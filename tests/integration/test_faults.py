@@ -624,8 +624,7 @@ def test_64_concurrent_clients_no_leaks(mnt):
     not leaked. A leak grows with the work done, so it shows in the rest.
     """
     pid = mnt.process.pid
-    # A read served inline gives the event loop's own thread its splice pipes
-    # (kept for the daemon's life): let that happen before counting.
+    # Warm up before counting (the first requests fill caches that are kept).
     (mnt.path / "warm").write_bytes(b"w" * 65536)
     for _ in range(2):
         assert (mnt.path / "warm").read_bytes() == b"w" * 65536
@@ -646,8 +645,7 @@ def test_64_concurrent_clients_no_leaks(mnt):
     assert growth_mib < 20, (f"daemon RSS grew by {growth_mib:.1f} MiB in the last two thirds of the run "
                              f"({rss_start // 1024} -> {rss_ramped // 1024} -> {rss_end // 1024} MiB)")
     # Every file is closed and deleted; once the kernel forgets what it
-    # looked up (and idle worker threads, which own splice pipes, retire
-    # after 10 s) the daemon holds exactly the fds it had at the start.
+    # looked up, the daemon holds exactly the fds it had at the start.
     drop_dentries()
     settled = wait_until(lambda: fd_count(pid) <= fds_before, timeout=20)
     assert settled, f"daemon fds: {kinds_before} before, {fd_kinds(pid)} after {ops} operations"

@@ -1,29 +1,35 @@
-"""The native engine: zcfs's own FUSE session on /dev/fuse, driven by trio.
+"""The native engine: zcfs's own FUSE session on /dev/fuse.
 
-One task reads requests (`os.readv` into pooled buffers; `wait_readable`
-when the device is empty) and parses them with the sans-I/O core
-(`zcfs.proto`). Metadata requests are answered inline: their syscalls are
-short and running them in order costs no task switch. Requests that may
-block on the disk (READ, WRITE, FSYNC, ...) run as tasks of their own and
-do their blocking syscalls in worker threads, so one cold read never stalls
-the others. READ is answered by the engine itself from the backing fd the
-filesystem names (`ZcfsOperations.file_fd`), on the tier the inode was
-given at open: kernel passthrough (READ never comes), splice, or copy.
+After INIT, which trio's loop answers, a few worker threads serve the
+session: each reads a request from /dev/fuse into its own buffer, parses
+it with the sans-I/O core (`zcfs.proto`), runs the filesystem's handler to
+completion and writes the reply. A request costs one read and one write,
+with no event-loop scheduling in between (the profile showed trio's
+per-request machinery costing more than the filesystem work). The
+filesystem state is touched under one lock; a handler lets go of it only
+around syscalls that may wait on the disk (`ZcfsOperations.run_blocking`),
+so one slow fsync or cold READ never stalls the other requests.
+
+READ is answered by the engine itself from the backing fd the filesystem
+names (`ZcfsOperations.file_fd`), on the tier the inode was given at open:
+kernel passthrough (READ never comes), splice, or copy.
 
 Every handler's errors are mapped in one place, `_answer`: FUSEError is an
 error reply with its errno; anything else is logged and answered EIO, and
-serving continues.
+serving continues. INTERRUPT is counted and otherwise ignored: a request
+runs to completion in its thread, which the kernel allows.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import errno
-import functools
 import logging
 import os
+import select
 import signal
 import stat
+import threading
 import time
 import types
 from typing import Any, Awaitable, Callable
@@ -44,19 +50,19 @@ from ..proto import (
 from ..stats import Stats
 from . import devfuse
 from .backing import TierChooser
-from .splice import SpliceError, copy_read_reply, splice_read_reply
+from .splice import SpliceError, copy_read_reply, prepare_pipes, splice_read_reply
 
 log = logging.getLogger(__name__)
 
 BEST_TIER = {"auto": "passthrough", "passthrough": "passthrough", "splice": "splice", "off": "copy"}
 
-# Free request buffers kept for reuse; a burst of concurrent requests
-# allocates more, which are then let go.
-_IDLE_BUFFERS = 8
+# Threads reading /dev/fuse once the session runs: one serves the usual
+# single-threaded client; the others take requests while it waits on the
+# disk, and let parallel clients overlap their blocking syscalls.
+WORKERS = 4
 
-# Requests that may wait on the disk get a task of their own.
-_CONCURRENT = {Opcode.READ, Opcode.WRITE, Opcode.FSYNC, Opcode.FSYNCDIR, Opcode.FALLOCATE,
-               Opcode.COPY_FILE_RANGE, Opcode.SETATTR, Opcode.FLUSH}
+# Requests the kernel expects no reply to.
+_SILENT = (Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.INTERRUPT)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -85,16 +91,22 @@ class SetattrFields:
 class Session:
     """One mount's FUSE session: reads requests, answers them."""
 
-    def __init__(self, ops: ZcfsOperations, config: MountConfig, dev_fd: int, stats: Stats) -> None:
+    def __init__(self, ops: ZcfsOperations, config: MountConfig, dev_fd: int, stats: Stats,
+                 workers: int = WORKERS) -> None:
         self.ops = ops
         self.config = config
         self.dev_fd = dev_fd
         self.stats = stats
+        self.workers = workers
         self.tiers = TierChooser(dev_fd, BEST_TIER[config.zero_copy], stats)
         self.negotiated: Negotiated | None = None
         self._buffer_size = abi.FUSE_MIN_READ_BUFFER
-        self._buffers: list[bytearray] = []
-        self._scopes: dict[int, trio.CancelScope] = {}
+        # Held while a request touches the filesystem's state; see run_blocking.
+        self._lock = threading.Lock()
+        ops.run_blocking = self._run_unlocked
+        self._stopping = False
+        self._wake_r, self._wake_w = -1, -1
+        self._failure: BaseException | None = None
         self._handlers: dict[int, Callable[[Request], Awaitable[bytes | None]]] = {
             Opcode.INIT: self._init, Opcode.DESTROY: self._destroy,
             Opcode.LOOKUP: self._lookup, Opcode.FORGET: self._forget, Opcode.BATCH_FORGET: self._batch_forget,
@@ -117,98 +129,134 @@ class Session:
     # -- the loop --------------------------------------------------------
 
     async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve requests until the filesystem is unmounted.
+        """Serve requests until the filesystem is unmounted (or this task is cancelled).
 
         Reports `task_status.started()` once INIT is answered, i.e. when the
-        mount is usable.
+        mount is usable; the worker threads take over from there.
         """
         os.set_blocking(self.dev_fd, False)
         self._task_status = task_status
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            while True:
-                buf = self._buffers.pop() if self._buffers else bytearray(self._buffer_size)
+        if not await self._serve_until_init():
+            return
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
+        threads = [threading.Thread(target=self._worker, name=f"zcfs-worker-{n}", daemon=True)
+                   for n in range(self.workers)]
+        for thread in threads:
+            thread.start()
+        try:
+            await trio.to_thread.run_sync(_join, threads, abandon_on_cancel=True)
+        finally:
+            self._stop()
+            _join(threads)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+        if self._failure is not None:
+            raise self._failure
+
+    async def _serve_until_init(self) -> bool:
+        """Answer requests on the loop until INIT is; False if unmounted first."""
+        buf = bytearray(self._buffer_size)
+        while self.negotiated is None:
+            try:
+                length = os.readv(self.dev_fd, [buf])
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self.dev_fd)
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.ENOENT, errno.EINTR):
+                    continue  # the request was interrupted before we read it
+                if exc.errno == errno.ENODEV:
+                    return False  # unmounted
+                raise
+            self._handle(buf, length)
+        return True
+
+    def _worker(self) -> None:
+        """One worker thread: read a request, answer it, until unmounted or stopped."""
+        buf = bytearray(self._buffer_size)
+        if self.tiers.data_tier() == "splice":
+            prepare_pipes()
+        poller = select.epoll()
+        # EXCLUSIVE: a request wakes one idle worker, not all of them.
+        poller.register(self.dev_fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+        poller.register(self._wake_r, select.EPOLLIN)
+        try:
+            while not self._stopping:
                 try:
                     length = os.readv(self.dev_fd, [buf])
                 except BlockingIOError:
-                    self._buffers.append(buf)
-                    await trio.lowlevel.wait_readable(self.dev_fd)
+                    poller.poll()
                     continue
                 except OSError as exc:
-                    self._buffers.append(buf)
                     if exc.errno in (errno.ENOENT, errno.EINTR):
-                        continue  # the request was interrupted before we read it
-                    if exc.errno == errno.ENODEV:
-                        break  # unmounted
-                    raise
-                await self._dispatch(buf, length)
-            nursery.cancel_scope.cancel()
+                        continue
+                    if exc.errno != errno.ENODEV:
+                        self._failure = exc
+                    break  # unmounted
+                self._handle(buf, length)
+        except BaseException as exc:  # a bug in the loop itself: end the session, loudly
+            self._failure = exc
+        finally:
+            poller.close()
+            self._stop()
 
-    async def _dispatch(self, buf: bytearray, length: int) -> None:
+    def _stop(self) -> None:
+        """Make every worker leave its loop (the wake pipe stays readable)."""
+        if not self._stopping:
+            self._stopping = True
+            os.write(self._wake_w, b"x")
+
+    def _handle(self, buf: bytearray, length: int) -> None:
+        """Parse and answer one request read into `buf`."""
+        with self._lock:
+            try:
+                request = parse_request(memoryview(buf)[:length], setxattr_ext=False)
+            except ProtocolError as exc:
+                log.warning("malformed request: %s", exc)
+                reply = None if exc.unique is None else pack_error(exc.unique, exc.errno)
+            else:
+                reply = self._answer(request)
+        if reply is not None:
+            self._send(reply)
+
+    async def _run_unlocked(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """ZcfsOperations.run_blocking here: the call may wait on the disk, so
+        other requests get the filesystem meanwhile (we already are in a worker)."""
+        self._lock.release()
         try:
-            request = parse_request(memoryview(buf)[:length], setxattr_ext=False)
-        except ProtocolError as exc:
-            log.warning("malformed request: %s", exc)
-            self._recycle(buf)
-            if exc.unique is not None:
-                self._send(pack_error(exc.unique, exc.errno))
-            return
-        if request.opcode == Opcode.READ and self._read_is_cached(request):
-            # Served inline: handing it to a thread would cost more than the splice.
-            await self._answer(request, buf, functools.partial(self._read, run=_call_inline))
-        elif request.opcode in _CONCURRENT:
-            self._nursery.start_soon(self._answer, request, buf)
-        else:
-            await self._answer(request, buf)
+            return fn(*args)
+        finally:
+            self._lock.acquire()
 
-    def _read_is_cached(self, request: Request) -> bool:
-        opened = self.ops.find_file(request.body.fh)
-        return opened is not None and _in_page_cache(opened.fd, request.body.offset, request.body.size)
-
-    def _recycle(self, buf: bytearray) -> None:
-        """Keep a free request buffer for reuse, up to a few (each is ~1 MiB)."""
-        if len(buf) == self._buffer_size and len(self._buffers) < _IDLE_BUFFERS:
-            self._buffers.append(buf)
-
-    async def _answer(self, request: Request, buf: bytearray,
-                      handler: Callable[[Request], Awaitable[bytes | None]] | None = None) -> None:
-        """Run one request's handler and send its reply; errors map to errnos here."""
-        handler = handler or self._handlers.get(request.opcode)
-        unique = request.unique
+    def _answer(self, request: Request) -> bytes | None:
+        """Run one request's handler; its reply (errors map to errnos here), if one is due."""
+        handler = self._handlers.get(request.opcode)
         started = time.perf_counter()
         error = 0
         reply: bytes | None = None
         self.stats.in_flight += 1
-        with trio.CancelScope() as scope:
-            self._scopes[unique] = scope
-            try:
-                if handler is None:
-                    error = errno.ENOSYS
-                else:
-                    reply = await handler(request)
-            except pyfuse3.FUSEError as exc:
-                error = exc.errno
-            except Exception:
-                log.exception("error handling %s", _opname(request.opcode))
-                error = errno.EIO
-            finally:
-                # Only our own: a garbage request may reuse the unique of one in flight.
-                if self._scopes.get(unique) is scope:
-                    del self._scopes[unique]
-                self.stats.in_flight -= 1
-                # The request's buffer (WRITE data lives in it) is free again.
-                self._recycle(buf)
-        if scope.cancelled_caught:
-            error = errno.EINTR
-        if error and request.opcode not in (Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.INTERRUPT):
-            reply = pack_error(unique, error)
+        try:
+            if handler is None:
+                error = errno.ENOSYS
+            else:
+                reply = _run_to_completion(handler(request))
+        except pyfuse3.FUSEError as exc:
+            error = exc.errno
+        except Exception:
+            log.exception("error handling %s", _opname(request.opcode))
+            error = errno.EIO
+        finally:
+            self.stats.in_flight -= 1
+        if error and request.opcode not in _SILENT:
+            reply = pack_error(request.unique, error)
         # Counted before the reply goes out: once the client has its answer,
         # a stats reader must see the request.
         self.stats.record_op(_opname(request.opcode), time.perf_counter() - started, error)
-        if reply is not None:
-            self._send(reply)
         if error and request.opcode == Opcode.INIT:
+            if reply is not None:
+                self._send(reply)
             raise UsageError(f"the kernel's INIT could not be answered ({errno.errorcode.get(error, error)})")
+        return reply
 
     def _send(self, reply: bytes) -> None:
         try:
@@ -238,7 +286,6 @@ class Session:
         neg = negotiate(request.body, wishes)
         self.negotiated = neg
         self._buffer_size = request_buffer_size(neg)
-        self._buffers.clear()
         if self.tiers.best_tier == "passthrough" and not neg.passthrough:
             self.tiers.passthrough_refused = "passthrough-not-negotiated"
         self.stats.info.update(
@@ -255,22 +302,12 @@ class Session:
         return pack_empty(request.unique)
 
     async def _interrupt(self, request: Request) -> None:
-        scope = self._scopes.get(request.body.unique)
-        if scope is not None:
-            scope.cancel()
-        return None
+        return None  # the request runs to completion (see the module's docstring)
 
     # -- inodes ----------------------------------------------------------
 
     async def _lookup(self, request: Request) -> bytes:
-        try:
-            entry = await self.ops.lookup(request.nodeid, request.body.name, self._context(request))
-        except pyfuse3.FUSEError as exc:
-            timeout = self.ops.options.negative_timeout
-            if exc.errno != errno.ENOENT or not timeout:
-                raise
-            # A negative entry: the kernel remembers the name is absent.
-            return pack_entry_out(request.unique, 0, 0, timeout, 0, _NO_ATTR)
+        entry = await self.ops.lookup(request.nodeid, request.body.name, self._context(request))
         return pack_entry_out(request.unique, *self._entry_args(entry))
 
     def _attr_timeout(self, attr: Any) -> float:
@@ -387,21 +424,21 @@ class Session:
         open_flags, backing_id = self._open_flags(fi)
         return pack_create_out(request.unique, *self._entry_args(entry), fi.fh, open_flags, backing_id)
 
-    async def _read(self, request: Request, run: Callable[..., Awaitable[int]] = trio.to_thread.run_sync) -> None:
-        """Answer READ on the inode's tier; `run` runs the blocking part."""
+    async def _read(self, request: Request) -> None:
+        """Answer READ on the inode's tier (it sends its reply itself)."""
         b = request.body
         fd = self.ops.file_fd(b.fh)
         unique = request.unique
         if self.tiers.data_tier() == "splice":
             try:
-                sent = await run(splice_read_reply, self.dev_fd, unique, fd, b.offset, b.size)
+                sent = await self._run_unlocked(splice_read_reply, self.dev_fd, unique, fd, b.offset, b.size)
             except SpliceError as exc:
                 self.stats.record_fallback(exc.reason)
             else:
                 self.stats.record_data("read", "splice", sent)
                 return None
         try:
-            sent = await run(copy_read_reply, self.dev_fd, unique, fd, b.offset, b.size)
+            sent = await self._run_unlocked(copy_read_reply, self.dev_fd, unique, fd, b.offset, b.size)
         except OSError as exc:
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
         self.stats.record_data("read", "copy", sent)
@@ -447,7 +484,8 @@ class Session:
 
     async def _opendir(self, request: Request) -> bytes:
         fh = await self.ops.opendir(request.nodeid, self._context(request))
-        return pack_open_out(request.unique, fh, 0)
+        cached = abi.FOPEN_CACHE_DIR | abi.FOPEN_KEEP_CACHE if self.ops.options.cache_dir else 0
+        return pack_open_out(request.unique, fh, cached)
 
     async def _readdir(self, request: Request) -> bytes:
         b = request.body
@@ -517,27 +555,23 @@ def _writable(flags: int) -> bool:
     return flags & os.O_ACCMODE != os.O_RDONLY
 
 
-async def _call_inline(fn: Callable[..., int], *args: Any) -> int:
-    return fn(*args)
+def _run_to_completion(coroutine: Any) -> Any:
+    """Run a handler coroutine that never waits on an event loop; its result.
 
-
-_PROBE = bytearray(1)
-
-
-def _in_page_cache(fd: int, offset: int, size: int) -> bool:
-    """Whether the first and last byte of a range are cached (so reading won't wait).
-
-    RWF_NOWAIT makes the probe fail with EAGAIN instead of going to disk.
+    The filesystem's handlers are `async` for pyfuse3; here everything they
+    wait for (run_blocking) is a plain call, so one send() finishes them.
     """
     try:
-        os.preadv(fd, [_PROBE], offset, os.RWF_NOWAIT)
-        if size > 1:
-            os.preadv(fd, [_PROBE], offset + size - 1, os.RWF_NOWAIT)
-    except (OSError, OverflowError):
-        # EAGAIN: not cached; EOPNOTSUPP etc.: cannot tell; OverflowError: an
-        # offset past 2**63 (only garbage has one), which READ itself refuses.
-        return False
-    return True
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value
+    coroutine.close()
+    raise RuntimeError("a handler waited on an event loop, which the native engine's workers do not run")
+
+
+def _join(threads: list[threading.Thread]) -> None:
+    for thread in threads:
+        thread.join()
 
 
 def _sized_reply(unique: int, size: int, value: bytes) -> bytes:
@@ -549,11 +583,6 @@ def _sized_reply(unique: int, size: int, value: bytes) -> bytes:
     return pack_data(unique, value)
 
 
-_NO_ATTR = types.SimpleNamespace(
-    st_ino=0, st_size=0, st_blocks=0, st_atime_ns=0, st_mtime_ns=0, st_ctime_ns=0, st_mode=0,
-    st_nlink=0, st_uid=0, st_gid=0, st_rdev=0, st_blksize=0)
-
-
 _OPNAMES = {int(op): op.name for op in Opcode}  # Opcode(n).name costs more than the stats it names
 
 
@@ -562,8 +591,12 @@ def _opname(opcode: int) -> str:
 
 
 # The INIT capabilities we ask for; the granted ones are shown in stats.
+# DO_READDIRPLUS without READDIRPLUS_AUTO: every listing carries attributes.
+# With AUTO the kernel lists all but a directory's first chunk plainly when
+# the reader does not stat in between (fts, as in du and git, reads a whole
+# directory first), and then pays a LOOKUP round trip per entry.
 _CAPABILITIES = (
-    "ASYNC_READ", "BIG_WRITES", "PARALLEL_DIROPS", "DO_READDIRPLUS", "READDIRPLUS_AUTO",
+    "ASYNC_READ", "BIG_WRITES", "PARALLEL_DIROPS", "DO_READDIRPLUS",
     "ATOMIC_O_TRUNC", "MAX_PAGES", "AUTO_INVAL_DATA", "SPLICE_WRITE", "SPLICE_MOVE", "SPLICE_READ",
     "INIT_EXT", "PASSTHROUGH",
 )

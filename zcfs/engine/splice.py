@@ -53,9 +53,8 @@ class _PipePair:
         self.data_r = self.data_w = self.reply_r = self.reply_w = -1
 
     def __del__(self) -> None:
-        # trio retires worker threads idle for 10 s; their thread-local pair
-        # goes with them, and its four fds must too (else each burst of
-        # concurrent READs leaks them for good).
+        # A thread's pair goes with the thread, and its four fds must too
+        # (else every thread that ever spliced would leak them).
         self.close()
 
 
@@ -76,6 +75,15 @@ def _pipes() -> _PipePair:
     if pair is None:
         pair = _local.pipes = _PipePair()
     return pair
+
+
+def prepare_pipes() -> None:
+    """Give the calling thread its pipes now, so a session's fds stay constant
+    from the start (best effort: a failure here recurs, and is counted, at READ)."""
+    try:
+        _pipes()
+    except OSError:
+        pass
 
 
 def _reason(exc: OSError) -> str:
