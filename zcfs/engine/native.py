@@ -440,7 +440,10 @@ class Session:
 
     async def _copy_file_range(self, request: Request) -> bytes:
         b = request.body
-        copied = await self.ops.copy_file_range(b.fh_in, b.off_in, b.fh_out, b.off_out, b.len, b.flags)
+        # len is a size_t; like the kernel's own copy loops, copy at most
+        # MAX_RW_COUNT at a time (the caller gets a short count and goes on).
+        length = min(b.len, _MAX_RW_COUNT)
+        copied = await self.ops.copy_file_range(b.fh_in, b.off_in, b.fh_out, b.off_out, length, b.flags)
         return pack_write_out(request.unique, copied)
 
     # -- directories -----------------------------------------------------
@@ -522,6 +525,7 @@ async def _call_inline(fn: Callable[..., int], *args: Any) -> int:
 
 
 _PROBE = bytearray(1)
+_MAX_RW_COUNT = 0x7FFFF000  # INT_MAX & PAGE_MASK: the most one read/write/copy moves (linux/fs.h)
 
 
 def _in_page_cache(fd: int, offset: int, size: int) -> bool:
@@ -533,9 +537,9 @@ def _in_page_cache(fd: int, offset: int, size: int) -> bool:
         os.preadv(fd, [_PROBE], offset, os.RWF_NOWAIT)
         if size > 1:
             os.preadv(fd, [_PROBE], offset + size - 1, os.RWF_NOWAIT)
-    except (OSError, OverflowError):
-        # EAGAIN: not cached; EOPNOTSUPP etc.: cannot tell; OverflowError: an
-        # offset past 2**63 (only garbage has one), which READ itself refuses.
+    except OSError:
+        # EAGAIN: not cached; EOPNOTSUPP etc.: cannot tell; EINVAL: a negative
+        # offset (only garbage has one), which READ itself refuses.
         return False
     return True
 
