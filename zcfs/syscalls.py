@@ -68,12 +68,13 @@ MAX_HANDLE_SZ = 128
 _HANDLE_HEADER = 8  # struct file_handle: handle_bytes (u32), handle_type (i32)
 
 
-def name_to_handle(fd: int) -> tuple[bytes, int]:
-    """The file handle of the object an fd refers to, and its mount id (OSError)."""
+def name_to_handle(fd: int, name: bytes = b"") -> tuple[bytes, int]:
+    """The file handle of the object an fd refers to (or of `name` in directory `fd`,
+    never following a symlink), and its mount id (OSError)."""
     buf = ctypes.create_string_buffer(_HANDLE_HEADER + MAX_HANDLE_SZ)
     ctypes.c_uint.from_buffer(buf).value = MAX_HANDLE_SZ
     mount_id = ctypes.c_int()
-    _check(_libc.name_to_handle_at(fd, b"", buf, ctypes.byref(mount_id), AT_EMPTY_PATH))
+    _check(_libc.name_to_handle_at(fd, name, buf, ctypes.byref(mount_id), 0 if name else AT_EMPTY_PATH))
     size = ctypes.c_uint.from_buffer(buf).value
     return buf.raw[:_HANDLE_HEADER + size], mount_id.value
 
