@@ -293,7 +293,7 @@ class ZcfsOperations(pyfuse3.Operations):
         victim = self._last_link_victim(parent, _check_name(name))
         remove(name, dir_fd=parent.fd)
         if victim is not None:
-            self.inodes.pin(victim)
+            self.inodes.keep_fd(victim)
 
     @_errors
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
@@ -306,7 +306,7 @@ class ZcfsOperations(pyfuse3.Operations):
             victim = self._last_link_victim(new_parent, _check_name(name_new))
         syscalls.renameat2(old_parent.fd, _check_name(name_old), new_parent.fd, _check_name(name_new), flags)
         if victim is not None:
-            self.inodes.pin(victim)
+            self.inodes.keep_fd(victim)
 
     def _last_link_victim(self, parent: Inode, name: bytes) -> Inode | None:
         """The known inode whose last name removing `name` takes, its fd opened now.

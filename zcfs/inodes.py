@@ -146,6 +146,11 @@ class _HandleCodec:
         self.ino_at = self._HEADER + ino_at
         self.ino_size = ino_size
         self.gen_at = self._HEADER + gen_at
+        # The bytes every handle shares with the template: all but the two fields.
+        fields = sorted([(self.ino_at, self.ino_at + ino_size), (self.gen_at, self.gen_at + 4)])
+        edges = [0, *[edge for field in fields for edge in field], len(template)]
+        self._fixed = [(start, end, template[start:end])
+                       for start, end in zip(edges[::2], edges[1::2]) if start < end]
 
     @classmethod
     def for_root(cls, handle: bytes, ino: int) -> _HandleCodec | None:
@@ -169,8 +174,12 @@ class _HandleCodec:
         """The generation in `handle` of the object with inode number `ino`, or None if it does not fit."""
         if len(handle) != len(self.template) or ino >= 1 << (8 * self.ino_size):
             return None
-        generation = int.from_bytes(handle[self.gen_at:self.gen_at + 4], "little")
-        return generation if self.encode(ino, generation) == handle else None
+        if handle[self.ino_at:self.ino_at + self.ino_size] != ino.to_bytes(self.ino_size, "little"):
+            return None
+        for start, end, expected in self._fixed:
+            if handle[start:end] != expected:
+                return None
+        return int.from_bytes(handle[self.gen_at:self.gen_at + 4], "little")
 
 
 class InodeTable:
@@ -392,6 +401,15 @@ class InodeTable:
         if count < lookups:
             self._counts[number] = value - count * _ONE_LOOKUP
             return
+        if number in self._pins:
+            # The kernel may send FORGET before the RELEASE of a file it
+            # had open: keep the inode (no lookups left) until the last unpin.
+            self._counts[number] = value & _TYPE_MASK
+            return
+        self._release(number)
+
+    def _release(self, number: int) -> None:
+        """Drop everything the table holds for `number`."""
         del self._counts[number]
         self._close(number)
         self._pins.pop(number, None)
@@ -417,17 +435,30 @@ class InodeTable:
         number = self._odd_by_identity.get((st.st_dev, st.st_ino))
         return None if number is None else Inode(self, number)
 
+    def keep_fd(self, inode: Inode) -> None:
+        """Never evict `inode`'s fd: it lost its last name, so its handle no longer opens it.
+
+        The fd is closed when the kernel forgets the inode.
+        """
+        number = inode.number
+        fd = self._use(number)
+        if self._fds.pop(number, None) is not None:
+            self._fixed[number] = fd
+
     def pin(self, inode: Inode) -> None:
-        """Keep `inode`'s fd open (it has an open file or directory, or lost its last name)."""
+        """Keep `inode`'s fd open and the inode known while it has an open file or directory."""
         self._use(inode.number)
         self._pins[inode.number] = self._pins.get(inode.number, 0) + 1
 
     def unpin(self, inode: Inode) -> None:
-        pins = self._pins.get(inode.number, 0) - 1
+        number = inode.number
+        pins = self._pins.get(number, 0) - 1
         if pins > 0:
-            self._pins[inode.number] = pins
-        else:
-            self._pins.pop(inode.number, None)
+            self._pins[number] = pins
+            return
+        self._pins.pop(number, None)
+        if self._counts.get(number, _ONE_LOOKUP) < _ONE_LOOKUP:
+            self._release(number)  # forgotten while it was open
 
     def close_all(self) -> None:
         """Release every fd, the root's included (at unmount)."""

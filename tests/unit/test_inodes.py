@@ -80,6 +80,36 @@ def test_pinned_inodes_keep_their_fd(tree):
     table.close_all()
 
 
+def test_forget_before_the_last_unpin_keeps_the_inode_until_then(tree):
+    """The kernel may send FORGET before RELEASE: the open file's inode stays usable."""
+    table = _table(tree, max_fds=16)
+    inode = _lookup(table, tree, "f0")
+    table.pin(inode)
+    table.forget(inode.number, 1)
+    assert inode.mode == os.stat(tree / "f0").st_mode & 0o170000
+    assert os.fstat(inode.fd).st_ino == os.stat(tree / "f0").st_ino
+    table.unpin(inode)
+    with pytest.raises(KeyError):
+        table.get(inode.number)
+    assert inode.number not in table._fds
+    table.close_all()
+
+
+def test_a_removed_inode_keeps_its_fd_until_forgotten(tree):
+    table = _table(tree, max_fds=16)
+    inode = _lookup(table, tree, "f5")
+    table.keep_fd(inode)
+    fd = inode.fd
+    os.unlink(tree / "f5")
+    for i in range(6, 100):
+        _lookup(table, tree, f"f{i}")  # evicts every other fd
+    assert inode.fd == fd and os.fstat(fd).st_nlink == 0
+    table.forget(inode.number, 1)
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed: the space of the removed file is free
+    table.close_all()
+
+
 def test_reused_inode_number_is_a_new_inode(tree):
     table = _table(tree, max_fds=16)
     if table._mount_fd < 0:
