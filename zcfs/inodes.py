@@ -17,9 +17,11 @@ a generation of its own, and its handle (if any) is stored. Its node id
 cannot be resolved once forgotten: LOOKUP "." answers ESTALE.
 
 Memory. The kernel may remember millions of inodes, so the table keeps one
-dict entry per inode, node id -> `lookups << 4 | file type`: about 80
-bytes per inode with CPython's dict and the key's int (the small-int cache
-holds the value while the count is below 16). Fds, pins, engine state and
+dict entry per inode, node id -> `lookups << 4 | file type`: about 66
+bytes per inode (tracemalloc, tests/unit/test_inodes.py), CPython's dict
+slot and the key's int; the small-int cache holds the value while the
+count is below 16 (past that, one more int of 28 bytes). The daemon's RSS
+grows about 130 bytes per inode (scripts/bench_inodes.py; was ~430). Fds, pins, engine state and
 odd objects' records live in side tables sized by what is open, not by
 what is remembered. `Inode` objects are views made on demand.
 
@@ -232,7 +234,7 @@ class InodeTable:
         if self._codec is None:
             log.info("file handles of an unknown shape: node ids are forgotten with their inodes")
             return
-        self._root_alias = self._encoded_number(handle, st.st_ino) or ROOT_INODE
+        self._root_alias = self._encoded_number(handle, st.st_ino)
         self._whole_fs = _is_filesystem_root(self._mount_id, root_fd, st)
 
     @property
@@ -269,23 +271,25 @@ class InodeTable:
 
     # -- lookups -----------------------------------------------------------
 
-    def _handle_of(self, fd: int) -> bytes | None:
+    def _handle_of(self, fd: int, name: bytes = b"") -> bytes | None:
+        """The usable file handle of `fd`'s object (or of `name` in directory `fd`), if any."""
         if self._mount_fd < 0:
             return None
         try:
-            handle, mount_id = syscalls.name_to_handle(fd)
+            handle, mount_id = syscalls.name_to_handle(fd, name)
         except OSError:
             return None
         return handle if mount_id == self._mount_id else None
 
     def _encoded_number(self, handle: bytes | None, ino: int) -> int | None:
-        """The node id that encodes `handle`, or None if it cannot."""
+        """The node id that encodes `handle` (the root's is ROOT_INODE), or None if it cannot."""
         if handle is None or self._codec is None or ino > _INO_MASK:
             return None
         generation = self._codec.decode(handle, ino)
         if generation is None:
             return None
-        return generation << _INO_BITS | ino
+        number = generation << _INO_BITS | ino
+        return ROOT_INODE if number == self._root_alias else number
 
     def remember(self, fd: int, st: os.stat_result) -> Inode:
         """Count one kernel lookup of the object behind `fd` (an O_PATH fd).
@@ -295,9 +299,7 @@ class InodeTable:
         """
         handle = self._handle_of(fd)
         number = self._encoded_number(handle, st.st_ino)
-        if number == self._root_alias:
-            number = ROOT_INODE
-        elif number is not None and number in self._odd:
+        if number is not None and number != ROOT_INODE and number in self._odd:
             number = None  # taken by an odd object: this one is odd too
         if number is None:
             return self._remember_odd(fd, st, handle)
@@ -421,16 +423,8 @@ class InodeTable:
     def known(self, st: os.stat_result, dir_fd: int, name: bytes) -> Inode | None:
         """The inode of `name` in `dir_fd` (whose stat is `st`), if the kernel knows it."""
         if self._codec is not None:
-            try:
-                handle, mount_id = syscalls.name_to_handle(dir_fd, name)
-            except OSError:
-                handle = None
-            else:
-                handle = handle if mount_id == self._mount_id else None
-            number = self._encoded_number(handle, st.st_ino)
-            if number == self._root_alias:
-                number = ROOT_INODE
-            if number is not None and number in self._counts and number not in self._odd:
+            number = self._encoded_number(self._handle_of(dir_fd, name), st.st_ino)
+            if number is not None and number in self._counts and (number == ROOT_INODE or number not in self._odd):
                 return Inode(self, number)
         number = self._odd_by_identity.get((st.st_dev, st.st_ino))
         return None if number is None else Inode(self, number)
