@@ -200,6 +200,9 @@ class InodeTable:
         self._pins: dict[int, int] = {}
         self._engine_state: dict[int, object] = {}
         self._odd: dict[int, _Odd] = {}
+        # (st_dev, st_ino) -> node id of the inodes whose fd is open, which
+        # pins the backing inode: an exact identity, bounded by the open fds.
+        self._open_by_identity: dict[tuple[int, int], int] = {}
         self._odd_by_identity: dict[tuple[int, int], int] = {}
         self._synthetic = itertools.count(_SYNTHETIC_BASE)
         # Generations of odd objects: a node id reused for another object gets
@@ -213,8 +216,8 @@ class InodeTable:
         st = os.fstat(root_fd)
         self._root_identity = (st.st_dev, st.st_ino)
         self._counts[ROOT_INODE] = _ONE_LOOKUP | _type_of(st)
-        self._fixed[ROOT_INODE] = root_fd
         self._odd[ROOT_INODE] = _Odd(st.st_dev, st.st_ino, None, 0)
+        self._keep(ROOT_INODE, root_fd)
         self._odd_by_identity[self._root_identity] = ROOT_INODE
         self._enable_handles(root_fd, st)
 
@@ -297,6 +300,14 @@ class InodeTable:
         Takes ownership of `fd`: it is kept for a new inode or closed when
         the object is already known.
         """
+        number = self._open_by_identity.get((st.st_dev, st.st_ino))
+        if number is not None:
+            # Its fd is open, so the inode number cannot belong to another
+            # object: no handle needed (the common case of a repeated LOOKUP).
+            self._counts[number] += _ONE_LOOKUP
+            os.close(fd)
+            self._touch(number)
+            return Inode(self, number)
         handle = self._handle_of(fd)
         number = self._encoded_number(handle, st.st_ino)
         if number is not None and number != ROOT_INODE and number in self._odd:
@@ -459,7 +470,7 @@ class InodeTable:
         for fd in itertools.chain(self._fds.values(), self._fixed.values()):
             os.close(fd)
         for table in (self._counts, self._fds, self._fixed, self._pins, self._engine_state, self._odd,
-                      self._odd_by_identity):
+                      self._odd_by_identity, self._open_by_identity):
             table.clear()
         if self._mount_fd >= 0:
             os.close(self._mount_fd)
@@ -489,15 +500,22 @@ class InodeTable:
 
     def _adopt(self, number: int, fd: int) -> None:
         """A fresh fd of a known inode: keep it if the inode's was evicted, else close it."""
-        if number in self._fixed:
+        if number in self._fixed or number in self._fds:
             os.close(fd)
-        elif number in self._fds:
-            os.close(fd)
-            self._fds.move_to_end(number)
+            self._touch(number)
         else:
             self._keep(number, fd)
 
+    def _touch(self, number: int) -> None:
+        if number in self._fds:
+            self._fds.move_to_end(number)
+
+    def _identity(self, number: int) -> tuple[int, int]:
+        odd = self._odd.get(number)
+        return (odd.dev, odd.ino) if odd is not None else (self._root_identity[0], number & _INO_MASK)
+
     def _keep(self, number: int, fd: int) -> None:
+        self._open_by_identity[self._identity(number)] = number
         if not self._reopenable(number):
             self._fixed[number] = fd
             return
@@ -512,6 +530,7 @@ class InodeTable:
                 break
             if number not in self._pins:
                 os.close(self._fds.pop(number))
+                self._forget_identity(number)
 
     def _close(self, number: int) -> None:
         fd = self._fds.pop(number, None)
@@ -519,6 +538,12 @@ class InodeTable:
             fd = self._fixed.pop(number, None)
         if fd is not None:
             os.close(fd)
+            self._forget_identity(number)
+
+    def _forget_identity(self, number: int) -> None:
+        identity = self._identity(number)
+        if self._open_by_identity.get(identity) == number:
+            del self._open_by_identity[identity]
 
 
 def _type_of(st: os.stat_result) -> int:

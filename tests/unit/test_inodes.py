@@ -46,6 +46,22 @@ def test_lookups_are_counted_and_forget_releases(tree):
     table.close_all()
 
 
+def test_a_repeated_lookup_of_an_open_inode_needs_no_handle(tree, monkeypatch):
+    """While an inode's fd is open its (st_dev, st_ino) is exact: LOOKUP skips name_to_handle_at."""
+    from zcfs import syscalls
+    table = _table(tree, max_fds=16)
+    first = _lookup(table, tree, "f1")
+    calls = []
+    real = syscalls.name_to_handle
+    monkeypatch.setattr(syscalls, "name_to_handle", lambda *a: calls.append(a) or real(*a))
+    assert _lookup(table, tree, "f1") == first and not calls
+    for i in range(2, 40):
+        _lookup(table, tree, f"f{i}")  # evicts f1's fd
+    calls.clear()
+    assert _lookup(table, tree, "f1") == first and calls  # evicted: the handle decides
+    table.close_all()
+
+
 def test_the_root_found_by_name_is_the_root(tree):
     (tree / "sub").mkdir()
     table = _table(tree)
