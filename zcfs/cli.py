@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib
 import logging
 import os
@@ -121,8 +122,12 @@ def _backing_root(config: MountConfig) -> Iterator[str]:
     try:
         view = devfuse.atime_view(config.backing, config.flag_options)
     except OSError as exc:
-        log.warning("the atime options reach the mount but not the backing files (a private view of "
-                    "the backing dir with those options needs CAP_SYS_ADMIN: %s)", exc.strerror)
+        # Second best for noatime: O_NOATIME on the backing files this daemon's user owns.
+        noatime = bool(devfuse.mount_flags(config.flag_options, flags=0) & devfuse.MS_NOATIME)
+        config.fs = dataclasses.replace(config.fs, noatime=noatime)
+        log.warning("the atime options reach the mount, but the backing files %s (a private view of the "
+                    "backing dir with those options needs CAP_SYS_ADMIN: %s)",
+                    "only through O_NOATIME on the files this user owns" if noatime else "not", exc.strerror)
         view = -1
     if view < 0:
         yield config.backing

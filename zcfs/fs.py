@@ -55,6 +55,7 @@ class FsOptions:
     direct_io: bool = False  # bypass the mount's page cache (splice/copy tiers)
     cache_dir: bool = False  # let the kernel keep directory listings (FOPEN_CACHE_DIR)
     read_only: bool = False
+    noatime: bool = False  # open backing files with O_NOATIME where permitted (see _open_backing)
 
 
 _DAY = 86400.0
@@ -394,7 +395,7 @@ class ZcfsOperations(pyfuse3.Operations):
         # and O_NOFOLLOW (the kernel already refused symlinks) would make the
         # /proc magic link itself fail with ELOOP (cp -a and rsync use it).
         flags &= ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_NOFOLLOW)
-        fd = os.open(syscalls.proc_path(node.fd), _backing_flags(flags))
+        fd = _open_backing(syscalls.proc_path(node.fd), _backing_flags(flags), self.options.noatime)
         return self._open_file(node, fd, flags)
 
     @_errors
@@ -596,6 +597,17 @@ def _permitted(st: os.stat_result, mode: int, ctx: Any) -> bool:
 def _access_mode(flags: int) -> int:
     """The access() mode an open with `flags` needs."""
     return {os.O_RDONLY: os.R_OK, os.O_WRONLY: os.W_OK}.get(flags & os.O_ACCMODE, os.R_OK | os.W_OK)
+
+
+def _open_backing(path: str, flags: int, noatime: bool) -> int:
+    """os.open, with O_NOATIME if asked and permitted (only the file's owner or CAP_FOWNER may)."""
+    if noatime:
+        try:
+            return os.open(path, flags | os.O_NOATIME)
+        except PermissionError as exc:
+            if exc.errno != errno.EPERM:
+                raise
+    return os.open(path, flags)
 
 
 def _backing_flags(flags: int) -> int:

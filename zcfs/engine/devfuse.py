@@ -85,10 +85,11 @@ def _mount(config: MountConfig) -> int:
     """Mount, one way or the other.
 
     mount(2) when we may (root, or root of a user namespace that owns the
-    mount namespace); else the setuid fusermount3, which opens /dev/fuse
-    and mounts for us: as a user where /dev/fuse is 0600, or without
-    CAP_SYS_ADMIN. `auto_unmount` always goes through fusermount3, which
-    stays to unmount when the daemon dies.
+    mount namespace); else the setuid fusermount3, which mounts for us: as
+    a user, or without CAP_SYS_ADMIN. (It opens /dev/fuse with the user's
+    rights, so where the device is 0600 only root mounts; its complaint
+    then says what to change.) `auto_unmount` always goes through
+    fusermount3, which stays to unmount when the daemon dies.
     """
     if "auto_unmount" in config.extra_fuse_options:
         return _mount_with_fusermount(config)
@@ -134,21 +135,18 @@ def _mount_with_fusermount(config: MountConfig) -> int:
                 ["fusermount3", "-o", ",".join(options), "--", config.mountpoint],
                 env={**os.environ, "_FUSE_COMMFD": str(theirs.fileno())},
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL if stays else subprocess.PIPE)
+                stderr=subprocess.PIPE)
         except FileNotFoundError:
             ours.close()
             raise UsageError(f"cannot mount {config.mountpoint}: {_NO_FUSERMOUNT}") from None
     _, fds, _, _ = socket.recv_fds(ours, 1, 1)
-    if stays and fds:
+    if fds and stays:
         _auto_unmounters.append((helper, ours))
     else:
         with ours:
             _, stderr = helper.communicate()
-    if not fds:
-        if stays:
-            helper.wait()
-            raise UsageError(f"cannot mount {config.mountpoint}: fusermount3 failed")
-        raise UsageError(f"cannot mount {config.mountpoint}: {_fusermount_failure(stderr)}")
+        if not fds:
+            raise UsageError(f"cannot mount {config.mountpoint}: {_fusermount_failure(stderr)}")
     os.set_inheritable(fds[0], False)
     return fds[0]
 
