@@ -16,6 +16,7 @@ object; `remember` tells the two apart by their handles.
 from __future__ import annotations
 
 import collections
+import errno
 import itertools
 import logging
 import os
@@ -179,6 +180,16 @@ class InodeTable:
     def unpin(self, inode: Inode) -> None:
         inode.pins -= 1
 
+    def release_fd(self, inode: Inode) -> None:
+        """Close `inode`'s fd for good; its node id stays until the kernel forgets it.
+
+        For an object that lost its last name and has no open file: nothing
+        can reopen it, and closing now gives its space back at once instead
+        of at FORGET. Requests still naming it fail with ESTALE.
+        """
+        self._close(inode)
+        inode.handle = None
+
     def close_all(self) -> None:
         """Release every fd, the root's included (at unmount)."""
         for inode in self._by_number.values():
@@ -193,8 +204,10 @@ class InodeTable:
 
     def _use(self, inode: Inode) -> int:
         if inode._fd < 0:
-            if inode.handle is None or inode.lookups == 0:
-                raise OSError(9, "inode released")  # EBADF: a bug, never the kernel's
+            if inode.lookups == 0:
+                raise OSError(errno.EBADF, "inode released")  # a bug, never the kernel's
+            if inode.handle is None:
+                raise OSError(errno.ESTALE, "object gone")  # see release_fd
             inode._fd = syscalls.open_by_handle(self._mount_fd, inode.handle, os.O_PATH | os.O_CLOEXEC)
             self._track(inode)
         elif inode in self._open:
