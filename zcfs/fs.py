@@ -111,6 +111,9 @@ class ZcfsOperations(pyfuse3.Operations):
         self.stats = stats  # anything with a `json()` method, or None
         self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, OpenDir] = {}
+        # Removed files we let go of (their fd closed so their space comes
+        # back) while the kernel still knows them: node id -> last attributes.
+        self._gone: dict[int, os.stat_result] = {}
         self._next_fh = 1
         self._as_root = os.geteuid() == 0
 
@@ -220,10 +223,16 @@ class ZcfsOperations(pyfuse3.Operations):
     async def forget(self, inode_list: Any) -> None:
         for number, count in inode_list:
             self.inodes.forget(number, count)
+            if number in self._gone:
+                try:
+                    self.inodes.get(number)
+                except KeyError:  # forgotten for good
+                    del self._gone[number]
 
     @_errors
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
-        return self._attributes(self._inode(inode))
+        node = self._inode(inode)
+        return self._attributes(node, self._gone.get(inode))
 
     @_errors
     async def setattr(self, inode: int, attr: Any, fields: Any, fh: int | None, ctx: Any) -> pyfuse3.EntryAttributes:
@@ -235,8 +244,8 @@ class ZcfsOperations(pyfuse3.Operations):
                 os.ftruncate(self._files[fh].fd, attr.st_size)
             else:
                 os.truncate(path, attr.st_size)
-            if getattr(fields, "kill_setid", False):  # FATTR_KILL_SUIDGID (native engine)
-                self._kill_setid(node.fd, ctx)
+        if getattr(fields, "kill_setid", False):  # only the native engine's fields have it
+            self._kill_setid(node.fd, ctx)
         if fields.update_mode:
             if node.is_symlink:
                 raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
@@ -309,7 +318,7 @@ class ZcfsOperations(pyfuse3.Operations):
         self._remove(parent_inode, name, os.rmdir)
 
     def _remove(self, parent_inode: int, name: bytes, remove: Callable[..., None]) -> None:
-        """unlink or rmdir `name`, then let go of (or keep) an object that loses its last name."""
+        """unlink or rmdir `name`, keeping the fd of an object that loses its last name."""
         self._check_writable()
         parent = self._inode(parent_inode)
         victim = self._last_link_victim(parent, _check_name(name))
@@ -331,17 +340,24 @@ class ZcfsOperations(pyfuse3.Operations):
             self._lost_last_name(victim)
 
     def _lost_last_name(self, victim: Inode) -> None:
-        """An object's last name is gone: keep its fd only while something can use it.
+        """Keep a removed object's fd only while something may need it.
 
-        A directory may still be someone's cwd (listed, looked up in): its fd
-        stays until the kernel forgets it. A file is used only through its
-        open files: with none, its fd goes now, so its space comes back at
-        once (not at FORGET); else the last release lets it go.
+        A directory may still be a cwd (listed, looked up in): its fd stays
+        until the kernel forgets it. A file's data is reached only through
+        its open files: with none, we let it go now (`_let_go`); else its
+        last release does.
         """
         if victim.is_dir:
             self.inodes.pin(victim)
         elif victim.pins == 0:
-            self.inodes.release_fd(victim)
+            self._let_go(victim, os.fstat(victim.fd))
+
+    def _let_go(self, inode: Inode, st: os.stat_result) -> None:
+        """Close a removed file's fd, so its space comes back now and not at
+        FORGET (which may come much later). An O_PATH descriptor kept on it
+        still gets its attributes (`st`, link count 0), as locally."""
+        self._gone[inode.number] = st
+        self.inodes.release_fd(inode)
 
     def _last_link_victim(self, parent: Inode, name: bytes) -> Inode | None:
         """The known inode whose last name removing `name` takes, its fd opened now.
@@ -453,12 +469,12 @@ class ZcfsOperations(pyfuse3.Operations):
         opened = self._files.pop(fh, None)
         if opened is not None:
             try:
-                orphan = os.fstat(opened.fd).st_nlink == 0
+                st = os.fstat(opened.fd)
             finally:
                 os.close(opened.fd)
             self.inodes.unpin(opened.inode)
-            if orphan and opened.inode.pins == 0:
-                self.inodes.release_fd(opened.inode)  # see _lost_last_name
+            if st.st_nlink == 0 and opened.inode.pins == 0 and not opened.inode.is_dir:
+                self._let_go(opened.inode, st)  # its last name went while it was open
 
     # -- beyond pyfuse3: the native engine dispatches these --------------
 
@@ -625,6 +641,7 @@ class ZcfsOperations(pyfuse3.Operations):
             os.close(opened.fd)
         self._files.clear()
         self._dirs.clear()
+        self._gone.clear()
         self.inodes.close_all()
 
 
@@ -646,16 +663,19 @@ def _caller_umask(ctx: Any) -> Iterator[None]:
 
 
 def _setid_to_kill(st: os.stat_result, ctx: Any) -> int:
-    """The set-id bits a local filesystem clears when the caller in `ctx`,
-    lacking CAP_FSETID, writes, truncates or fallocates a file with `st`.
+    """The set-id bits a local filesystem clears from a file with `st` when
+    the caller in `ctx` writes, truncates, fallocates or chowns it (the
+    kernel asks only on behalf of callers without CAP_FSETID, but for chown).
 
     SUID always; SGID when group-execute is set (a set-group-id program) or
-    when the caller is not in the file's group (setattr_should_drop_sgid).
+    when an unprivileged caller is not in the file's group
+    (setattr_should_drop_sgid).
     """
     if not stat.S_ISREG(st.st_mode):
         return 0
     kill = st.st_mode & stat.S_ISUID
-    if st.st_mode & stat.S_ISGID and (st.st_mode & stat.S_IXGRP or not _in_group(st.st_gid, ctx)):
+    if st.st_mode & stat.S_ISGID and (
+            st.st_mode & stat.S_IXGRP or (_unprivileged(ctx) and not _in_group(st.st_gid, ctx))):
         kill |= stat.S_ISGID
     return kill
 

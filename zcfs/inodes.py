@@ -183,9 +183,9 @@ class InodeTable:
     def release_fd(self, inode: Inode) -> None:
         """Close `inode`'s fd for good; its node id stays until the kernel forgets it.
 
-        For an object that lost its last name and has no open file: nothing
-        can reopen it, and closing now gives its space back at once instead
-        of at FORGET. Requests still naming it fail with ESTALE.
+        For a removed file nothing has open: closing gives its space back at
+        once instead of at FORGET. Requests that need the object then fail
+        with ESTALE.
         """
         self._close(inode)
         inode.handle = None
@@ -207,7 +207,7 @@ class InodeTable:
             if inode.lookups == 0:
                 raise OSError(errno.EBADF, "inode released")  # a bug, never the kernel's
             if inode.handle is None:
-                raise OSError(errno.ESTALE, "object gone")  # see release_fd
+                raise OSError(errno.ESTALE, "object let go")  # see release_fd
             inode._fd = syscalls.open_by_handle(self._mount_fd, inode.handle, os.O_PATH | os.O_CLOEXEC)
             self._track(inode)
         elif inode in self._open:

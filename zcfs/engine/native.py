@@ -81,7 +81,7 @@ class SetattrFields:
     update_uid: bool
     update_gid: bool
     update_size: bool
-    kill_setid: bool = False  # FATTR_KILL_SUIDGID: the truncating caller lacks CAP_FSETID
+    kill_setid: bool = False  # clear set-id bits (FATTR_KILL_SUIDGID, or an empty chown)
 
 
 class Session:
@@ -309,7 +309,10 @@ class Session:
             update_uid=bool(valid & abi.FATTR_UID),
             update_gid=bool(valid & abi.FATTR_GID),
             update_size=bool(valid & abi.FATTR_SIZE),
-            kill_setid=bool(valid & abi.FATTR_KILL_SUIDGID),
+            kill_setid=bool(valid & abi.FATTR_KILL_SUIDGID) or (
+                # Nothing to set: what is left of a chown that keeps the owner,
+                # whose kill the kernel drops and leaves to us.
+                self._killpriv() and not valid & ~(abi.FATTR_FH | abi.FATTR_LOCKOWNER)),
         )
         attr = types.SimpleNamespace(
             st_mode=body.mode, st_uid=body.uid, st_gid=body.gid, st_size=body.size,
