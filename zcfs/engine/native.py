@@ -36,6 +36,7 @@ from ..fs import DOT_NAMES, ZcfsOperations
 from ..mount import MountConfig, UsageError, filesystem_type, mount_device
 from ..proto import abi
 from ..proto.negotiate import Negotiated, Wishes, negotiate, request_buffer_size
+from ..proto.replies import pack_notify_inval_inode
 from ..proto import (
     DirentBuffer, Opcode, ProtocolError, Request, pack_attr_out, pack_create_out, pack_data,
     pack_empty, pack_entry_out, pack_error, pack_getxattr_size, pack_init_out, pack_lseek_out,
@@ -43,7 +44,6 @@ from ..proto import (
 )
 from ..stats import Stats
 from . import devfuse
-from ..proto.replies import pack_notify_inval_inode
 from .backing import TierChooser
 from .splice import SpliceError, copy_read_reply, splice_read_reply
 
