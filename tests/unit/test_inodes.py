@@ -1,5 +1,6 @@
 """InodeTable: lookup counts, identity, and the fd cache that evicts idle inodes."""
 
+import errno
 import os
 
 import pytest
@@ -76,4 +77,23 @@ def test_reused_inode_number_is_a_new_inode(tree):
     assert new is not old
     with pytest.raises(OSError):
         old.fd  # the old object is gone: ESTALE
+    table.close_all()
+
+
+def test_released_fd_stays_known_until_forgotten(tree):
+    table = InodeTable(os.open(tree, os.O_PATH | os.O_DIRECTORY))
+    inode = _lookup(table, tree, "f1")
+    os.unlink(tree / "f1")
+    table.release_fd(inode)
+    assert table.open_fds == 0 and table.get(inode.number) is inode
+    with pytest.raises(OSError) as gone:
+        inode.fd
+    assert gone.value.errno == errno.ESTALE
+    # a new object that gets the same inode number is a new inode
+    (tree / "f1").write_text("new")
+    fresh = _lookup(table, tree, "f1")
+    assert fresh is not inode and os.fstat(fresh.fd).st_size == 3
+    table.forget(inode.number, 1)
+    with pytest.raises(KeyError):
+        table.get(inode.number)
     table.close_all()
