@@ -16,6 +16,7 @@ the engine picks the tier.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import functools
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 
 STATS_XATTR = b"user.zcfs.stats"  # read on the mount root: the stats channel
 STATS_XATTR_SIZE = 65536  # its value's constant size: XATTR_SIZE_MAX, the JSON then spaces
+ACL_ACCESS_XATTR = b"system.posix_acl_access"
+DOT_NAMES = (b".", b"..")  # listed first in every directory
+_DT_DIR = stat.S_IFDIR >> 12
 
 # Backing filesystems that report every write error at write(2) time, so a
 # close() has nothing to add: FLUSH is then refused with ENOSYS, and the
@@ -123,7 +127,9 @@ class ZcfsOperations(pyfuse3.Operations):
 
     supports_dot_lookup = True  # FUSE_EXPORT_SUPPORT: file handles of the mount (see inodes.py)
     enable_writeback_cache = False
-    enable_acl = False
+    # POSIX ACLs enforced and cached by the kernel (FUSE_POSIX_ACL); the
+    # pyfuse3 engine sets it per mount (it needs default_permissions).
+    enable_acl = True
 
     def __init__(self, backing_dir: str, options: FsOptions = FsOptions(), stats: Any = None,
                  backing_type: str | None = None) -> None:
@@ -134,6 +140,9 @@ class ZcfsOperations(pyfuse3.Operations):
         self.stats = stats  # anything with a `json()` method, or None
         self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, OpenDir] = {}
+        # Removed files we let go of (their fd closed so their space comes
+        # back) while the kernel still knows them: node id -> last attributes.
+        self._gone: dict[int, os.stat_result] = {}
         self._next_fh = 1
         self._as_root = os.geteuid() == 0
         # backing_type: the backing dir's filesystem type, if known (see _LOCAL_FILESYSTEMS).
@@ -223,6 +232,16 @@ class ZcfsOperations(pyfuse3.Operations):
         if setid and not stat.S_ISLNK(before.st_mode):
             os.chmod(name, stat.S_IMODE(before.st_mode), dir_fd=parent.fd)
 
+    def _kill_setid(self, fd: int, ctx: Any) -> None:
+        """Clear set-id bits as the backing filesystem would for an unprivileged
+        caller modifying the file behind `fd` (we modify it as root, so the
+        backing filesystem keeps them; it removes security.capability itself).
+        """
+        st = os.fstat(fd)
+        kill = _setid_to_kill(st, ctx)
+        if kill:
+            os.chmod(syscalls.proc_path(fd), stat.S_IMODE(st.st_mode) & ~kill)
+
     # -- lookup and attributes ------------------------------------------
 
     @_errors
@@ -249,10 +268,16 @@ class ZcfsOperations(pyfuse3.Operations):
     async def forget(self, inode_list: Any) -> None:
         for number, count in inode_list:
             self.inodes.forget(number, count)
+            if number in self._gone:
+                try:
+                    self.inodes.get(number)
+                except KeyError:  # forgotten for good
+                    del self._gone[number]
 
     @_errors
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
-        return self._attributes(self._inode(inode))
+        node = self._inode(inode)
+        return self._attributes(node, self._gone.get(inode))
 
     @_errors
     async def setattr(self, inode: int, attr: Any, fields: Any, fh: int | None, ctx: Any) -> pyfuse3.EntryAttributes:
@@ -264,6 +289,8 @@ class ZcfsOperations(pyfuse3.Operations):
                 os.ftruncate(self._files[fh].fd, attr.st_size)
             else:
                 os.truncate(path, attr.st_size)
+        if getattr(fields, "kill_setid", False):  # only the native engine's fields have it
+            self._kill_setid(node.fd, ctx)
         if fields.update_mode:
             if node.is_symlink:
                 raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
@@ -295,7 +322,8 @@ class ZcfsOperations(pyfuse3.Operations):
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> pyfuse3.EntryAttributes:
         parent = self._inode(parent_inode)
         self._check_writable()
-        os.mknod(_check_name(name), mode, rdev, dir_fd=parent.fd)
+        with _caller_umask(ctx):
+            os.mknod(_check_name(name), mode, rdev, dir_fd=parent.fd)
         self._give_to_caller(parent, name, ctx)
         return self._entry_for(parent, name)
 
@@ -303,7 +331,8 @@ class ZcfsOperations(pyfuse3.Operations):
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
         parent = self._inode(parent_inode)
         self._check_writable()
-        os.mkdir(_check_name(name), mode, dir_fd=parent.fd)
+        with _caller_umask(ctx):
+            os.mkdir(_check_name(name), mode, dir_fd=parent.fd)
         self._give_to_caller(parent, name, ctx)
         return self._entry_for(parent, name)
 
@@ -340,7 +369,7 @@ class ZcfsOperations(pyfuse3.Operations):
         victim = self._last_link_victim(parent, _check_name(name))
         remove(name, dir_fd=parent.fd)
         if victim is not None:
-            self.inodes.keep_fd(victim)
+            self._lost_last_name(victim)
 
     @_errors
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
@@ -353,7 +382,27 @@ class ZcfsOperations(pyfuse3.Operations):
             victim = self._last_link_victim(new_parent, _check_name(name_new))
         syscalls.renameat2(old_parent.fd, _check_name(name_old), new_parent.fd, _check_name(name_new), flags)
         if victim is not None:
+            self._lost_last_name(victim)
+
+    def _lost_last_name(self, victim: Inode) -> None:
+        """Keep a removed object's fd only while something may need it.
+
+        A directory may still be a cwd (listed, looked up in): its fd stays
+        until the kernel forgets it. A file's data is reached only through
+        its open files: with none, we let it go now (`_let_go`); else its
+        last release does.
+        """
+        if victim.is_dir:
             self.inodes.keep_fd(victim)
+        elif not self.inodes.pinned(victim):
+            self._let_go(victim, os.fstat(victim.fd))
+
+    def _let_go(self, inode: Inode, st: os.stat_result) -> None:
+        """Close a removed file's fd, so its space comes back now and not at
+        FORGET (which may come much later). An O_PATH descriptor kept on it
+        still gets its attributes (`st`, link count 0), as locally."""
+        self._gone[inode.number] = st
+        self.inodes.release_fd(inode)
 
     def _last_link_victim(self, parent: Inode, name: bytes) -> Inode | None:
         """The known inode whose last name removing `name` takes, its fd opened now.
@@ -387,7 +436,10 @@ class ZcfsOperations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, keep_cache=self.options.keep_cache, direct_io=self.options.direct_io)
 
     @_errors
-    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+    async def open(self, inode: int, flags: int, ctx: Any, kill_setid: bool | None = None) -> pyfuse3.FileInfo:
+        """Open `inode`; `kill_setid`: whether the kernel asks us to clear
+        set-id bits after an O_TRUNC (FUSE_OPEN_KILL_SUIDGID), None if it
+        cannot say (see _truncating_kill)."""
         node = self._inode(inode)
         if self.options.read_only and flags & os.O_ACCMODE != os.O_RDONLY:
             raise pyfuse3.FUSEError(errno.EROFS)
@@ -396,16 +448,23 @@ class ZcfsOperations(pyfuse3.Operations):
         # /proc magic link itself fail with ELOOP (cp -a and rsync use it).
         flags &= ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_NOFOLLOW)
         fd = _open_backing(syscalls.proc_path(node.fd), _backing_flags(flags), self.options.noatime)
+        if _truncating_kill(flags, kill_setid, ctx):
+            try:
+                self._kill_setid(fd, ctx)
+            except BaseException:
+                os.close(fd)
+                raise
         return self._open_file(node, fd, flags)
 
     @_errors
-    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
-                     ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any,
+                     kill_setid: bool | None = None) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         parent = self._inode(parent_inode)
         self._check_writable()
         backing_flags = _backing_flags(flags) | os.O_NOFOLLOW
         try:
-            fd = os.open(_check_name(name), backing_flags | os.O_CREAT | os.O_EXCL, mode, dir_fd=parent.fd)
+            with _caller_umask(ctx):
+                fd = os.open(_check_name(name), backing_flags | os.O_CREAT | os.O_EXCL, mode, dir_fd=parent.fd)
             created = True
         except FileExistsError:
             # Someone made the name in the backing dir since the kernel's
@@ -419,6 +478,8 @@ class ZcfsOperations(pyfuse3.Operations):
                 self._give_to_caller(parent, name, ctx)
             elif not _permitted(os.fstat(fd), _access_mode(flags), ctx):
                 raise pyfuse3.FUSEError(errno.EACCES)
+            elif _truncating_kill(flags, kill_setid, ctx):
+                self._kill_setid(fd, ctx)
             node, st = self._lookup_name(parent, name)
         except BaseException:
             os.close(fd)
@@ -430,8 +491,13 @@ class ZcfsOperations(pyfuse3.Operations):
         return await self.run_blocking(os.pread, self.file(fh).fd, size, off)
 
     @_errors
-    async def write(self, fh: int, off: int, buf: bytes) -> int:
-        return await self.run_blocking(os.pwrite, self.file(fh).fd, buf, off)
+    async def write(self, fh: int, off: int, buf: bytes, ctx: Any = None, kill_setid: bool = False) -> int:
+        """Write at `off`; `kill_setid`: the writer in `ctx` lacks CAP_FSETID
+        (FUSE_WRITE_KILL_SUIDGID), so set-id bits go first, as locally."""
+        fd = self.file(fh).fd
+        if kill_setid:
+            self._kill_setid(fd, ctx)
+        return await self.run_blocking(os.pwrite, fd, buf, off)
 
     @_errors
     async def flush(self, fh: int) -> None:
@@ -450,14 +516,28 @@ class ZcfsOperations(pyfuse3.Operations):
     async def release(self, fh: int) -> None:
         opened = self._files.pop(fh, None)
         if opened is not None:
-            os.close(opened.fd)
+            try:
+                st = os.fstat(opened.fd)
+            finally:
+                os.close(opened.fd)
             self.inodes.unpin(opened.inode)
+            if st.st_nlink == 0 and not stat.S_ISDIR(st.st_mode) and not self.inodes.pinned(opened.inode):
+                self._let_go(opened.inode, st)  # its last name went while it was open
 
     # -- beyond pyfuse3: the native engine dispatches these --------------
 
     @_errors
-    async def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
-        await self.run_blocking(syscalls.fallocate, self.file(fh).fd, mode, offset, length)
+    async def fallocate(self, fh: int, mode: int, offset: int, length: int, ctx: Any = None) -> None:
+        """fallocate(2) in any mode (punch, zero range, ...) for the caller in `ctx`.
+
+        FALLOCATE carries no kill flag: with FUSE_HANDLE_KILLPRIV_V2 the
+        kernel leaves the set-id kill of every modification to us, so an
+        unprivileged caller loses them here as on a local filesystem.
+        """
+        fd = self.file(fh).fd
+        if _unprivileged(ctx):
+            self._kill_setid(fd, ctx)
+        await self.run_blocking(syscalls.fallocate, fd, mode, offset, length)
 
     @_errors
     async def lseek(self, fh: int, offset: int, whence: int) -> int:
@@ -465,8 +545,10 @@ class ZcfsOperations(pyfuse3.Operations):
 
     @_errors
     async def copy_file_range(self, fh_in: int, off_in: int, fh_out: int, off_out: int,
-                              length: int, flags: int) -> int:
+                              length: int, flags: int, ctx: Any = None) -> int:
         fd_in, fd_out = self.file(fh_in).fd, self.file(fh_out).fd
+        if _unprivileged(ctx):  # no kill flag here either: see fallocate
+            self._kill_setid(fd_out, ctx)
         return await self.run_blocking(os.copy_file_range, fd_in, fd_out, length, off_in, off_out)
 
     # -- directories -----------------------------------------------------
@@ -492,10 +574,26 @@ class ZcfsOperations(pyfuse3.Operations):
         """
         opened = self._opendir(fh)
         if start == 0 or opened.entries is None:
-            opened.entries = _read_directory(opened.inode.fd)
+            entries = _read_directory(opened.inode.fd)
+            opened.entries = self._dot_entries(opened.inode, entries) + entries
         for index in range(start, len(opened.entries)):
             name, d_ino, d_type = opened.entries[index]
             yield index + 1, name, d_ino, d_type
+
+    def _dot_entries(self, node: Inode, listing: list) -> list[tuple[bytes, int, int]]:
+        """"." and ".." with the node ids the kernel knows them by (as ext4,
+        ".." of the root is the root); none for a removed directory, which
+        lists nothing at all, like a local one."""
+        if node.number == ROOT_INODE:
+            parent = ROOT_INODE
+        else:
+            try:
+                st = os.stat("..", dir_fd=node.fd)
+            except FileNotFoundError:
+                return []
+            known = self.inodes.known(st)
+            parent = known.number if known is not None else st.st_ino
+        return [(b".", node.number, _DT_DIR), (b"..", parent, _DT_DIR)]
 
     def lookup_entry(self, fh: int, name: bytes) -> pyfuse3.EntryAttributes | None:
         """Look up a listed name for READDIRPLUS; None if it vanished since."""
@@ -506,7 +604,14 @@ class ZcfsOperations(pyfuse3.Operations):
 
     @_errors
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
-        for next_offset, name, _, _ in self.list_entries(fh, start_id):
+        for next_offset, name, d_ino, _ in self.list_entries(fh, start_id):
+            if name in DOT_NAMES:
+                # No lookup: the kernel takes no reference on "." and "..".
+                entry = pyfuse3.EntryAttributes()
+                entry.st_ino, entry.st_mode = d_ino, stat.S_IFDIR
+                if not pyfuse3.readdir_reply(token, name, entry, next_offset):
+                    break
+                continue
             entry = self.lookup_entry(fh, name)
             if entry is None:
                 continue
@@ -545,7 +650,15 @@ class ZcfsOperations(pyfuse3.Operations):
     @_errors
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any, flags: int = 0) -> None:
         self._check_writable()
-        os.setxattr(self._xattr_path(inode), name, value, flags)
+        path = self._xattr_path(inode)
+        os.setxattr(path, name, value, flags)
+        if name == ACL_ACCESS_XATTR and _unprivileged(ctx):
+            # The backing filesystem derived the mode from the ACL but kept
+            # SGID for us (root); a caller outside the group loses it
+            # (posix_acl_update_mode), as on a local filesystem.
+            st = os.stat(path)
+            if st.st_mode & stat.S_ISGID and not _in_group(st.st_gid, ctx):
+                os.chmod(path, stat.S_IMODE(st.st_mode) & ~stat.S_ISGID)
 
     @_errors
     async def getxattr(self, inode: int, name: bytes, ctx: Any = None) -> bytes:
@@ -575,7 +688,66 @@ class ZcfsOperations(pyfuse3.Operations):
             os.close(opened.fd)
         self._files.clear()
         self._dirs.clear()
+        self._gone.clear()
         self.inodes.close_all()
+
+
+@contextlib.contextmanager
+def _caller_umask(ctx: Any) -> Iterator[None]:
+    """Create under the caller's umask, so the backing filesystem applies it
+    as it would for the caller: ignored under a default ACL, applied otherwise.
+
+    The native engine gets the mode unmasked (FUSE_DONT_MASK) and the umask
+    beside it. The daemon's own umask is 0 (cli.py), and nothing else
+    creates files meanwhile: namespace requests run one at a time on the
+    event loop, and worker threads only read and write open files.
+    """
+    old = os.umask(ctx.umask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _setid_to_kill(st: os.stat_result, ctx: Any) -> int:
+    """The set-id bits a local filesystem clears from a file with `st` when
+    the caller in `ctx` writes, truncates, fallocates or chowns it (the
+    kernel asks only on behalf of callers without CAP_FSETID, but for chown).
+
+    SUID always; SGID when group-execute is set (a set-group-id program) or
+    when an unprivileged caller is not in the file's group
+    (setattr_should_drop_sgid).
+    """
+    if not stat.S_ISREG(st.st_mode):
+        return 0
+    kill = st.st_mode & stat.S_ISUID
+    if st.st_mode & stat.S_ISGID and (
+            st.st_mode & stat.S_IXGRP or (_unprivileged(ctx) and not _in_group(st.st_gid, ctx))):
+        kill |= stat.S_ISGID
+    return kill
+
+
+def _unprivileged(ctx: Any) -> bool:
+    """Whether the caller lacks CAP_FSETID (uid 0 stands in for it: the
+    request carries no capabilities)."""
+    return ctx is not None and ctx.uid != 0
+
+
+def _truncating_kill(flags: int, kill_setid: bool | None, ctx: Any) -> bool:
+    """Whether an open with `flags` must clear set-id bits.
+
+    With FUSE_HANDLE_KILLPRIV_V2 the kernel says so (`kill_setid`). Without
+    it (the pyfuse3 engine) the kernel's own kill of an O_TRUNC open is lost
+    with FUSE_ATOMIC_O_TRUNC (fuse_do_setattr skips ATTR_OPEN), so we judge
+    by the caller.
+    """
+    if not flags & os.O_TRUNC:
+        return False
+    return kill_setid if kill_setid is not None else _unprivileged(ctx)
+
+
+def _in_group(gid: int, ctx: Any) -> bool:
+    return ctx.gid == gid or gid in _groups_of(ctx.pid)
 
 
 def _permitted(st: os.stat_result, mode: int, ctx: Any) -> bool:
@@ -627,7 +799,7 @@ def _backing_flags(flags: int) -> int:
 
 
 def _read_directory(dir_o_path_fd: int) -> list[tuple[bytes, int, int]]:
-    """List a directory (without . and ..) as (name, d_ino, d_type)."""
+    """List a directory (without . and .., whose numbers are ours) as (name, d_ino, d_type)."""
     fd = os.open(syscalls.proc_path(dir_o_path_fd), os.O_RDONLY | os.O_DIRECTORY)
     try:
         with os.scandir(fd) as listing:

@@ -198,6 +198,9 @@ class InodeTable:
         self._fds: collections.OrderedDict[int, int] = collections.OrderedDict()  # reopenable, LRU first
         self._fixed: dict[int, int] = {}  # fds that cannot be reopened
         self._pins: dict[int, int] = {}
+        # Removed objects whose fd we closed at once (their space comes back
+        # then, not at FORGET): requests that need them get ESTALE.
+        self._let_go: set[int] = set()
         self._engine_state: dict[int, object] = {}
         self._odd: dict[int, _Odd] = {}
         # (st_dev, st_ino) -> node id of the inodes whose fd is open, which
@@ -425,6 +428,7 @@ class InodeTable:
         """Drop everything the table holds for `number`."""
         del self._counts[number]
         self._close(number)
+        self._let_go.discard(number)
         self._pins.pop(number, None)
         self._engine_state.pop(number, None)
         odd = self._odd.pop(number, None)
@@ -450,6 +454,22 @@ class InodeTable:
         if self._fds.pop(number, None) is not None:
             self._fixed[number] = fd
 
+    def release_fd(self, inode: Inode) -> None:
+        """Close a removed object's fd for good; its node id stays until the kernel forgets it.
+
+        For a removed file nothing has open: closing gives its space back at
+        once instead of at FORGET. Requests that need the object then fail
+        with ESTALE (`_use`).
+        """
+        number = inode.number
+        if number in self._counts:
+            self._close(number)
+            self._let_go.add(number)
+
+    def pinned(self, inode: Inode) -> bool:
+        """Whether `inode` has an open file or directory."""
+        return inode.number in self._pins
+
     def pin(self, inode: Inode) -> None:
         """Keep `inode`'s fd open and the inode known while it has an open file or directory."""
         self._use(inode.number)
@@ -469,7 +489,7 @@ class InodeTable:
         """Release every fd, the root's included (at unmount)."""
         for fd in itertools.chain(self._fds.values(), self._fixed.values()):
             os.close(fd)
-        for table in (self._counts, self._fds, self._fixed, self._pins, self._engine_state, self._odd,
+        for table in (self._counts, self._fds, self._fixed, self._pins, self._let_go, self._engine_state, self._odd,
                       self._odd_by_identity, self._open_by_identity):
             table.clear()
         if self._mount_fd >= 0:
@@ -490,6 +510,8 @@ class InodeTable:
         fd = self._fixed.get(number)
         if fd is not None:
             return fd
+        if number in self._let_go:
+            raise OSError(errno.ESTALE, "removed, and let go (release_fd)")
         if number not in self._counts or not self._reopenable(number):
             raise OSError(errno.EBADF, "inode released")  # a bug, never the kernel's
         odd = self._odd.get(number)

@@ -249,7 +249,10 @@ def test_enospc_keeps_what_was_written(tiny_tmpfs, mode, mount_factory):
     for root in (m, tiny_tmpfs):
         assert (root / "keep").read_bytes() == keep
         assert (root / "filler").read_bytes() == expected
-    # and space freed through the mount can be used again
+    # and space freed through the mount can be used again, as soon as the
+    # unlink returns: once close(2)'s asynchronous RELEASEs are handled,
+    # nothing holds the file
+    assert wait_until(lambda: not any(mount.stats()["gauges"]["open_files"].values()))
     os.unlink(m / "filler")
     (m / "after").write_bytes(chunk)
     assert (tiny_tmpfs / "after").read_bytes() == chunk

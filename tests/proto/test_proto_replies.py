@@ -12,8 +12,8 @@ from zcfs.proto import abi
 from zcfs.proto.replies import (
     DirentBuffer, pack_attr, pack_attr_out, pack_bmap_out, pack_copy_file_range_out,
     pack_create_out, pack_data, pack_empty, pack_entry_out, pack_error, pack_getxattr_size,
-    pack_lk_out, pack_lseek_out, pack_open_out, pack_out_header, pack_statfs_out,
-    pack_write_out,
+    pack_lk_out, pack_lseek_out, pack_notify_inval_inode, pack_open_out, pack_out_header,
+    pack_statfs_out, pack_write_out,
 )
 
 U = 0xABCDEF0123
@@ -47,6 +47,12 @@ def test_error():
 @pytest.mark.parametrize("bogus", [0, -5, 512, None])
 def test_error_outside_the_kernels_range_becomes_eio(bogus):
     assert split(pack_error(U, bogus))[0] == -errno.EIO
+
+
+def test_notify_inval_inode():
+    # unique 0, error = the notify code; fuse_notify_inval_inode_out: ino, off (signed), len
+    assert split(pack_notify_inval_inode(U)) == (abi.FUSE_NOTIFY_INVAL_INODE, 0, struct.pack("<QqQ", U, -1, 0))
+    assert split(pack_notify_inval_inode(7, 4096, 8192))[2] == struct.pack("<Qqq", 7, 4096, 8192)
 
 
 def test_empty_and_data():

@@ -311,3 +311,22 @@ def test_no_growth_across_repeated_walks(many):
     assert all(abs(full - sizes[1][0]) < 4096 and abs(empty - sizes[1][1]) < 4096
                for full, empty in sizes[2:]), sizes
     table.close_all()
+
+
+def test_released_fd_stays_known_until_forgotten(tree):
+    table = InodeTable(os.open(tree, os.O_PATH | os.O_DIRECTORY))
+    inode = _lookup(table, tree, "f1")
+    os.unlink(tree / "f1")
+    table.release_fd(inode)
+    assert table.open_fds == 0 and table.get(inode.number) == inode
+    with pytest.raises(OSError) as gone:
+        inode.fd
+    assert gone.value.errno == errno.ESTALE
+    # a new object that gets the same inode number is a new inode
+    (tree / "f1").write_text("new")
+    fresh = _lookup(table, tree, "f1")
+    assert fresh != inode and os.fstat(fresh.fd).st_size == 3
+    table.forget(inode.number, 1)
+    with pytest.raises(KeyError):
+        table.get(inode.number)
+    table.close_all()

@@ -78,8 +78,9 @@ class TierChooser:
         """The tier for READ requests that reach us (not passthrough)."""
         return "copy" if self.best_tier == "copy" else "splice"
 
-    def open(self, inode: Inode, fd: int, writable: bool = False) -> InodeTier:
-        """Choose the tier of a new open of `inode` whose backing fd is `fd`.
+    def open(self, inode: Inode, fd: int, writable: bool = False, may_pass_through: bool = True) -> InodeTier:
+        """Choose the tier of a new open of `inode` whose backing fd is `fd`
+        (never passthrough for the first open of an inode if not `may_pass_through`).
 
         While a passthrough file of the inode is open for writing, its node
         id is in `uncached`: the kernel updates size and mtime itself after a
@@ -89,7 +90,7 @@ class TierChooser:
         """
         state = inode.engine_state
         if not isinstance(state, InodeTier) or state.opens == 0:
-            state = inode.engine_state = InodeTier(self.best_tier)
+            state = inode.engine_state = InodeTier(self.best_tier if may_pass_through else self.data_tier())
             if state.tier == "passthrough":
                 if self.passthrough_refused:
                     self.stats.record_fallback(self.passthrough_refused)

@@ -38,10 +38,11 @@ import pyfuse3
 import trio
 
 from .. import syscalls
-from ..fs import ZcfsOperations
+from ..fs import DOT_NAMES, ZcfsOperations
 from ..mount import MountConfig, UsageError, filesystem_type, mount_device
 from ..proto import abi
 from ..proto.negotiate import Negotiated, Wishes, negotiate, request_buffer_size
+from ..proto.replies import pack_notify_inval_inode
 from ..proto import (
     DirentBuffer, Opcode, ProtocolError, Request, pack_attr_out, pack_create_out, pack_data,
     pack_empty, pack_entry_out, pack_error, pack_getxattr_size, pack_init_out, pack_lseek_out,
@@ -86,6 +87,7 @@ class SetattrFields:
     update_uid: bool
     update_gid: bool
     update_size: bool
+    kill_setid: bool = False  # clear set-id bits (FATTR_KILL_SUIDGID, or an empty chown)
 
 
 class Session:
@@ -268,9 +270,9 @@ class Session:
                 log.error("cannot send a reply: %s", exc)
 
     @staticmethod
-    def _context(request: Request) -> RequestContext:
+    def _context(request: Request, umask: int = 0) -> RequestContext:
         h = request.header
-        return RequestContext(h.uid, h.gid, h.pid)
+        return RequestContext(h.uid, h.gid, h.pid, umask)
 
     # -- session ---------------------------------------------------------
 
@@ -279,8 +281,12 @@ class Session:
             # The kernel sends INIT once; another is garbage, answered EIO as libfuse does
             # (an INIT error would otherwise end the session).
             return pack_error(request.unique, errno.EIO)
+        want = _WANT
+        if not self.config.default_permissions:
+            # FUSE_POSIX_ACL would turn the kernel's permission checks back on.
+            want &= ~abi.FUSE_POSIX_ACL
         wishes = Wishes(
-            want=_WANT, max_pages=_MAX_PAGES, max_write=_MAX_PAGES * 4096,
+            want=want, max_pages=_MAX_PAGES, max_write=_MAX_PAGES * 4096,
             passthrough=self.tiers.best_tier == "passthrough",
             max_stack_depth=_stack_depth(self.config.backing))
         neg = negotiate(request.body, wishes)
@@ -352,6 +358,10 @@ class Session:
             update_uid=bool(valid & abi.FATTR_UID),
             update_gid=bool(valid & abi.FATTR_GID),
             update_size=bool(valid & abi.FATTR_SIZE),
+            kill_setid=bool(valid & abi.FATTR_KILL_SUIDGID) or (
+                # Nothing to set: what is left of a chown that keeps the owner,
+                # whose kill the kernel drops and leaves to us.
+                self._killpriv() and not valid & ~(abi.FATTR_FH | abi.FATTR_LOCKOWNER)),
         )
         attr = types.SimpleNamespace(
             st_mode=body.mode, st_uid=body.uid, st_gid=body.gid, st_size=body.size,
@@ -375,13 +385,13 @@ class Session:
 
     async def _mknod(self, request: Request) -> bytes:
         b = request.body
-        entry = await self.ops.mknod(request.nodeid, b.name, b.mode, b.rdev, self._context(request))
+        entry = await self.ops.mknod(request.nodeid, b.name, b.mode, b.rdev, self._context(request, b.umask))
         return pack_entry_out(request.unique, *self._entry_args(entry))
 
     async def _mkdir(self, request: Request) -> bytes:
         b = request.body
         # fuse_mkdir_in's mode lacks the type bits (the kernel knows it is a dir).
-        entry = await self.ops.mkdir(request.nodeid, b.name, b.mode, self._context(request))
+        entry = await self.ops.mkdir(request.nodeid, b.name, b.mode, self._context(request, b.umask))
         return pack_entry_out(request.unique, *self._entry_args(entry))
 
     async def _unlink(self, request: Request) -> bytes:
@@ -417,8 +427,14 @@ class Session:
         opened = self.ops.file(fi.fh)
         if not stat.S_ISREG(opened.inode.mode):
             return (abi.FOPEN_KEEP_CACHE if fi.keep_cache else 0), 0
-        state = self.tiers.open(opened.inode, opened.fd, _writable(opened.flags))
+        writable = _writable(opened.flags)
+        state = self.tiers.open(opened.inode, opened.fd, writable, self._may_pass_through(opened.fd))
         if state.tier == "passthrough":
+            if writable:
+                # Attributes cached before this open (a LOOKUP's) would hide
+                # the times of mmap writes, which bypass us and the kernel;
+                # from now on they are not cached (TierChooser.uncached).
+                self._send(pack_notify_inval_inode(opened.inode.number))
             # Passthrough conflicts with DIRECT_IO; KEEP_CACHE means nothing to it.
             return abi.FOPEN_PASSTHROUGH, state.backing_id
         flags = abi.FOPEN_KEEP_CACHE if fi.keep_cache else 0
@@ -426,14 +442,33 @@ class Session:
             flags |= abi.FOPEN_DIRECT_IO
         return flags, 0
 
+    def _killpriv(self) -> bool:
+        """Whether the kernel leaves clearing set-id bits to us (FUSE_HANDLE_KILLPRIV_V2)."""
+        return self.negotiated is not None and self.negotiated.has(abi.FUSE_HANDLE_KILLPRIV_V2)
+
+    def _open_kill(self, body: Any) -> bool | None:
+        """OPEN/CREATE's FUSE_OPEN_KILL_SUIDGID, or None if the kernel does not send it."""
+        return bool(body.open_flags & abi.FUSE_OPEN_KILL_SUIDGID) if self._killpriv() else None
+
+    def _may_pass_through(self, fd: int) -> bool:
+        """Whether a file may take the passthrough tier.
+
+        With FUSE_HANDLE_KILLPRIV_V2 the kernel leaves clearing set-id bits
+        on write to us, but passthrough writes never reach us (it drops the
+        kill, fuse_setattr): so a set-id file is served where WRITE comes.
+        """
+        return not (self._killpriv() and os.fstat(fd).st_mode & (stat.S_ISUID | stat.S_ISGID))
+
     async def _open(self, request: Request) -> bytes:
-        fi = await self.ops.open(request.nodeid, request.body.flags, self._context(request))
+        b = request.body
+        fi = await self.ops.open(request.nodeid, b.flags, self._context(request), self._open_kill(b))
         open_flags, backing_id = self._open_flags(fi)
         return pack_open_out(request.unique, fi.fh, open_flags, backing_id)
 
     async def _create(self, request: Request) -> bytes:
         b = request.body
-        fi, entry = await self.ops.create(request.nodeid, b.name, b.mode, b.flags, self._context(request))
+        fi, entry = await self.ops.create(request.nodeid, b.name, b.mode, b.flags, self._context(request, b.umask),
+                                          self._open_kill(b))
         open_flags, backing_id = self._open_flags(fi)
         return pack_create_out(request.unique, *self._entry_args(entry), fi.fh, open_flags, backing_id)
 
@@ -459,7 +494,8 @@ class Session:
 
     async def _write(self, request: Request) -> bytes:
         b = request.body
-        written = await self.ops.write(b.fh, b.offset, b.data)
+        written = await self.ops.write(b.fh, b.offset, b.data, self._context(request),
+                                       kill_setid=bool(b.write_flags & abi.FUSE_WRITE_KILL_SUIDGID))
         self.stats.record_data("write", "copy", written)
         return pack_write_out(request.unique, written)
 
@@ -481,7 +517,7 @@ class Session:
 
     async def _fallocate(self, request: Request) -> bytes:
         b = request.body
-        await self.ops.fallocate(b.fh, b.mode, b.offset, b.length)
+        await self.ops.fallocate(b.fh, b.mode, b.offset, b.length, self._context(request))
         return pack_empty(request.unique)
 
     async def _lseek(self, request: Request) -> bytes:
@@ -493,7 +529,8 @@ class Session:
         # len is a size_t; like the kernel's own copy loops, copy at most
         # MAX_RW_COUNT at a time (the caller gets a short count and goes on).
         length = min(b.len, _MAX_RW_COUNT)
-        copied = await self.ops.copy_file_range(b.fh_in, b.off_in, b.fh_out, b.off_out, length, b.flags)
+        copied = await self.ops.copy_file_range(b.fh_in, b.off_in, b.fh_out, b.off_out, length, b.flags,
+                                                self._context(request))
         return pack_write_out(request.unique, copied)
 
     # -- directories -----------------------------------------------------
@@ -514,7 +551,12 @@ class Session:
     async def _readdirplus(self, request: Request) -> bytes:
         b = request.body
         out = DirentBuffer(b.size, plus=True)
-        for next_offset, name, _, d_type in self.ops.list_entries(b.fh, b.offset):
+        for next_offset, name, d_ino, d_type in self.ops.list_entries(b.fh, b.offset):
+            if name in DOT_NAMES:
+                # nodeid 0: the kernel takes no lookup reference on "." and "..".
+                if not out.add(name, d_ino, d_type, next_offset):
+                    break
+                continue
             entry = self.ops.lookup_entry(b.fh, name)
             if entry is None:
                 continue  # vanished since the listing was taken
@@ -617,6 +659,12 @@ def _opname(opcode: int) -> str:
 _CAPABILITIES = (
     "ASYNC_READ", "BIG_WRITES", "PARALLEL_DIROPS", "DO_READDIRPLUS",
     "ATOMIC_O_TRUNC", "EXPORT_SUPPORT", "MAX_PAGES", "AUTO_INVAL_DATA", "SPLICE_WRITE", "SPLICE_MOVE", "SPLICE_READ",
+    # The kernel caches and enforces ACLs; the backing filesystem applies
+    # default ACLs and the caller's umask (fs._caller_umask).
+    "POSIX_ACL", "DONT_MASK",
+    # We clear set-id bits (fs._kill_setid), so write(2) stops asking for
+    # security.capability before every write.
+    "HANDLE_KILLPRIV_V2",
     "INIT_EXT", "PASSTHROUGH",
 )
 _WANT = 0

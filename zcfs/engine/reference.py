@@ -44,6 +44,10 @@ def run(ops: ZcfsOperations, config: MountConfig, on_ready: Callable[[], None]) 
         stats.gauge("inodes", lambda: len(ops.inodes))
         if stats.enabled:
             instrument(ops, stats)
+    # FUSE_POSIX_ACL turns the kernel's permission checks on: only with
+    # default_permissions. pyfuse3 cannot ask for FUSE_DONT_MASK or
+    # FUSE_HANDLE_KILLPRIV_V2 (its INIT callback sets a fixed set of flags).
+    ops.enable_acl = config.default_permissions
     # zcfs mounts (the same way as the native engine, fusermount3 included)
     # and hands libfuse the open device as /dev/fd/N: libfuse then takes no
     # mount options at all, so none of them can be refused there.

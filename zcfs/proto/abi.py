@@ -150,6 +150,8 @@ FUSE_NOTIFY_RETRIEVE = 5
 FUSE_NOTIFY_DELETE = 6
 FUSE_NOTIFY_RESEND = 7
 FUSE_NOTIFY_INC_EPOCH = 8
+# fuse_notify_inval_inode_out: ino, off (< 0: attributes only), len.
+NOTIFY_INVAL_INODE_OUT = struct.Struct("<Qqq")
 
 # --- /dev/fuse ioctls --------------------------------------------------------
 

@@ -60,6 +60,13 @@ def pack_error(unique: int, errno_positive: int) -> bytes:
     return abi.OUT_HEADER.pack(abi.OUT_HEADER.size, -errno_positive, unique)
 
 
+def pack_notify_inval_inode(nodeid: int, offset: int = -1, length: int = 0) -> bytes:
+    """FUSE_NOTIFY_INVAL_INODE: the kernel drops its cached attributes of
+    ``nodeid`` (and its page cache from ``offset`` on, unless negative)."""
+    body = abi.NOTIFY_INVAL_INODE_OUT.pack(nodeid, offset, length)
+    return abi.OUT_HEADER.pack(abi.OUT_HEADER.size + len(body), abi.FUSE_NOTIFY_INVAL_INODE, 0) + body
+
+
 def pack_empty(unique: int) -> bytes:
     """Success with no payload (UNLINK, RELEASE, FSYNC, SETXATTR, ...)."""
     return abi.OUT_HEADER.pack(abi.OUT_HEADER.size, 0, unique)
