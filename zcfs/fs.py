@@ -591,7 +591,7 @@ class ZcfsOperations(pyfuse3.Operations):
                 st = os.stat("..", dir_fd=node.fd)
             except FileNotFoundError:
                 return []
-            known = self.inodes.known(st)
+            known = self.inodes.known(st, node.fd, b"..")
             parent = known.number if known is not None else st.st_ino
         return [(b".", node.number, _DT_DIR), (b"..", parent, _DT_DIR)]
 

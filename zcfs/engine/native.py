@@ -544,6 +544,8 @@ class Session:
         b = request.body
         out = DirentBuffer(b.size, plus=False)
         for next_offset, name, d_ino, d_type in self.ops.list_entries(b.fh, b.offset):
+            if name in DOT_NAMES:
+                d_ino = self.ops.inodes.attr_ino(d_ino)  # node ids, shown as stat shows them
             if not out.add(name, d_ino, d_type, next_offset):
                 break
         return out.pack(request.unique)
@@ -554,7 +556,7 @@ class Session:
         for next_offset, name, d_ino, d_type in self.ops.list_entries(b.fh, b.offset):
             if name in DOT_NAMES:
                 # nodeid 0: the kernel takes no lookup reference on "." and "..".
-                if not out.add(name, d_ino, d_type, next_offset):
+                if not out.add(name, self.ops.inodes.attr_ino(d_ino), d_type, next_offset):
                     break
                 continue
             entry = self.ops.lookup_entry(b.fh, name)
