@@ -41,6 +41,7 @@ from .. import syscalls
 from ..fs import ZcfsOperations
 from ..mount import MountConfig, UsageError, filesystem_type, mount_device
 from ..proto import abi
+from ..proto.requests import InHeader, WriteIn
 from ..proto.negotiate import Negotiated, Wishes, negotiate, request_buffer_size
 from ..proto import (
     DirentBuffer, Opcode, ProtocolError, Request, pack_attr_out, pack_create_out, pack_data,
@@ -50,7 +51,10 @@ from ..proto import (
 from ..stats import Stats
 from . import devfuse
 from .backing import TierChooser
-from .splice import SpliceError, copy_read_reply, prepare_pipes, splice_read_reply
+from .splice import (
+    WRITE_HEADERS, PipedPayload, ReceiveMode, RequestPipe, SpliceError, copy_read_reply, prepare_pipes, splice_read_reply,
+    splice_write,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +110,7 @@ class Session:
         ops.run_blocking = self._run_unlocked
         self._stopping = False
         self._wake_r, self._wake_w = -1, -1
+        self._receive_mode = ReceiveMode()
         self._failure: BaseException | None = None
         self._handlers: dict[int, Callable[[Request], Awaitable[bytes | None]]] = {
             Opcode.INIT: self._init, Opcode.DESTROY: self._destroy,
@@ -174,8 +179,10 @@ class Session:
     def _worker(self) -> None:
         """One worker thread: read a request, answer it, until unmounted or stopped."""
         buf = bytearray(self._buffer_size)
+        pipe = None
         if self.tiers.data_tier() == "splice":
             prepare_pipes()
+            pipe = self._request_pipe()
         poller = select.epoll()
         # EXCLUSIVE: a request wakes one idle worker, not all of them.
         poller.register(self.dev_fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
@@ -183,7 +190,10 @@ class Session:
         try:
             while not self._stopping:
                 try:
-                    length = os.readv(self.dev_fd, [buf])
+                    if pipe is not None and self._receive_mode.splicing:
+                        length, payload = pipe.receive(self.dev_fd, buf)
+                    else:
+                        length, payload = os.readv(self.dev_fd, [buf]), 0
                 except BlockingIOError:
                     poller.poll()
                     continue
@@ -193,7 +203,14 @@ class Session:
                     if exc.errno != errno.ENODEV:
                         self._failure = exc
                     break  # unmounted
-                self._handle(buf, length)
+                if pipe is not None:
+                    self._receive_mode.note(buf, length + payload)
+                if payload:
+                    self._handle_spliced_write(buf, pipe, payload)
+                else:
+                    self._handle(buf, length)
+                if pipe is not None and pipe.r < 0:
+                    pipe = self._request_pipe()  # thrown away after a failure
         except BaseException as exc:  # a bug in the loop itself: end the session, loudly
             self._failure = exc
         finally:
@@ -216,6 +233,29 @@ class Session:
                 reply = None if exc.unique is None else pack_error(exc.unique, exc.errno)
             else:
                 reply = self._answer(request)
+        if reply is not None:
+            self._send(reply)
+
+    def _request_pipe(self) -> RequestPipe | None:
+        """A pipe to receive requests through (splice tier), or None to read them."""
+        try:
+            return RequestPipe(self.negotiated.max_write)
+        except SpliceError as exc:
+            with self._lock:
+                self.stats.record_fallback(exc.reason)
+            return None
+
+    def _handle_spliced_write(self, buf: bytearray, pipe: RequestPipe, payload: int) -> None:
+        """Answer a WRITE whose headers are in `buf` and whose payload is in `pipe`."""
+        header = InHeader(*abi.IN_HEADER.unpack_from(buf))
+        body = WriteIn(*abi.WRITE_IN.unpack_from(buf, abi.IN_HEADER.size), PipedPayload(pipe, payload))
+        with self._lock:
+            if body.size == payload and header.length == WRITE_HEADERS + payload:
+                reply = self._answer(Request(header, body))
+            else:
+                log.warning("malformed request: WRITE of size %d carries %d bytes", body.size, payload)
+                reply = pack_error(header.unique, errno.EINVAL)
+        pipe.settle()  # whatever happened, the next request must find the pipe empty
         if reply is not None:
             self._send(reply)
 
@@ -446,7 +486,20 @@ class Session:
 
     async def _write(self, request: Request) -> bytes:
         b = request.body
-        written = await self.ops.write(b.fh, b.offset, b.data)
+        if isinstance(b.data, PipedPayload):
+            try:
+                written = await self._run_unlocked(splice_write, b.data.pipe, self.ops.file_fd(b.fh),
+                                                   b.offset, b.size)
+            except SpliceError as exc:
+                # Not a byte moved: the payload is whole in the pipe; copy it.
+                self.stats.record_fallback(exc.reason)
+                data = b.data.pipe.read_payload(b.size)
+            else:
+                self.stats.record_data("write", "splice", written)
+                return pack_write_out(request.unique, written)
+        else:
+            data = b.data
+        written = await self.ops.write(b.fh, b.offset, data)
         self.stats.record_data("write", "copy", written)
         return pack_write_out(request.unique, written)
 
