@@ -53,6 +53,7 @@ class FsOptions:
     negative_timeout: float = 0.0
     keep_cache: bool = True
     direct_io: bool = False  # bypass the mount's page cache (splice/copy tiers)
+    writeback_cache: bool = False  # the kernel gathers writes (native engine, splice/copy tiers)
     cache_dir: bool = False  # let the kernel keep directory listings (FOPEN_CACHE_DIR)
     read_only: bool = False
 
@@ -396,7 +397,7 @@ class ZcfsOperations(pyfuse3.Operations):
         # and O_NOFOLLOW (the kernel already refused symlinks) would make the
         # /proc magic link itself fail with ELOOP (cp -a and rsync use it).
         flags &= ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_NOFOLLOW)
-        fd = os.open(syscalls.proc_path(node.fd), _backing_flags(flags))
+        fd = os.open(syscalls.proc_path(node.fd), _backing_flags(flags, self.options.writeback_cache))
         return self._open_file(node, fd, flags)
 
     @_errors
@@ -404,7 +405,7 @@ class ZcfsOperations(pyfuse3.Operations):
                      ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         parent = self._inode(parent_inode)
         self._check_writable()
-        backing_flags = _backing_flags(flags) | os.O_NOFOLLOW
+        backing_flags = _backing_flags(flags, self.options.writeback_cache) | os.O_NOFOLLOW
         try:
             fd = os.open(_check_name(name), backing_flags | os.O_CREAT | os.O_EXCL, mode, dir_fd=parent.fd)
             created = True
@@ -600,7 +601,7 @@ def _access_mode(flags: int) -> int:
     return {os.O_RDONLY: os.R_OK, os.O_WRONLY: os.W_OK}.get(flags & os.O_ACCMODE, os.R_OK | os.W_OK)
 
 
-def _backing_flags(flags: int) -> int:
+def _backing_flags(flags: int, writeback_cache: bool = False) -> int:
     """Open flags for the backing fd behind a handle.
 
     No O_DIRECT: the kernel already bypasses the mount's page cache for such
@@ -612,7 +613,12 @@ def _backing_flags(flags: int) -> int:
     pages of a shared mmap through any writable handle of the inode, an
     O_APPEND one included; pwrite on an O_APPEND fd ignores the offset and
     would append those pages instead of writing them in place.
+
+    With the writeback cache, write-only is read-write: the kernel reads
+    through any handle to fill the rest of a page it writes in part.
     """
+    if writeback_cache and flags & os.O_ACCMODE == os.O_WRONLY:
+        flags = flags & ~os.O_ACCMODE | os.O_RDWR
     return (flags & ~(os.O_DIRECT | os.O_APPEND)) | os.O_CLOEXEC
 
 

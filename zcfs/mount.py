@@ -119,8 +119,8 @@ def parse_options(specs: list[str], config: MountConfig) -> None:
                 if value not in CACHE_POLICIES:
                     raise UsageError(f"option cache takes {'|'.join(CACHE_POLICIES)}, not {value!r}")
                 cache_policy = dict(CACHE_POLICIES[value], cache=value)
-            elif name == "direct_io" and not has_value:
-                fs_changes["direct_io"] = True
+            elif name in ("direct_io", "writeback_cache") and not has_value:
+                fs_changes[name] = True
             elif name in ("keep_cache", "nokeep_cache") and not has_value:
                 fs_changes["keep_cache"] = name == "keep_cache"
             elif name == "fsname" and has_value:
@@ -137,6 +137,9 @@ def parse_options(specs: list[str], config: MountConfig) -> None:
         # zcfs checks no permissions itself (only access()): every user would act as root.
         raise UsageError("options allow_other and nodefault_permissions together would let every "
                          "user read and write any backing file as root; drop one of them")
+    if fs_changes.get("writeback_cache") and (config.engine != "native" or config.zero_copy == "passthrough"):
+        # The kernel refuses passthrough with the writeback cache; auto then means splice.
+        raise UsageError("option writeback_cache needs the native engine and a --zero-copy other than passthrough")
     if fs_changes or cache_policy:
         # Options given beside a cache policy refine it, in whatever order they came.
         config.fs = dataclasses.replace(config.fs, **{**cache_policy, **fs_changes})

@@ -102,7 +102,10 @@ class Session:
         self.dev_fd = dev_fd
         self.stats = stats
         self.workers = workers
-        self.tiers = TierChooser(dev_fd, BEST_TIER[config.zero_copy], stats)
+        best = BEST_TIER[config.zero_copy]
+        if config.fs.writeback_cache and best == "passthrough":
+            best = "splice"  # the kernel refuses passthrough with the writeback cache
+        self.tiers = TierChooser(dev_fd, best, stats)
         self.negotiated: Negotiated | None = None
         self._buffer_size = abi.FUSE_MIN_READ_BUFFER
         # Held while a request touches the filesystem's state; see run_blocking.
@@ -320,7 +323,7 @@ class Session:
             # (an INIT error would otherwise end the session).
             return pack_error(request.unique, errno.EIO)
         wishes = Wishes(
-            want=_WANT, max_pages=_MAX_PAGES, max_write=_MAX_PAGES * 4096,
+            want=_WANT | (abi.FUSE_WRITEBACK_CACHE if self.config.fs.writeback_cache else 0), max_pages=_MAX_PAGES, max_write=_MAX_PAGES * 4096,
             passthrough=self.tiers.best_tier == "passthrough",
             max_stack_depth=_stack_depth(self.config.backing))
         neg = negotiate(request.body, wishes)
@@ -647,12 +650,13 @@ def _opname(opcode: int) -> str:
 _CAPABILITIES = (
     "ASYNC_READ", "BIG_WRITES", "PARALLEL_DIROPS", "DO_READDIRPLUS", "READDIRPLUS_AUTO",
     "ATOMIC_O_TRUNC", "MAX_PAGES", "AUTO_INVAL_DATA", "SPLICE_WRITE", "SPLICE_MOVE", "SPLICE_READ",
-    "INIT_EXT", "PASSTHROUGH",
+    "INIT_EXT", "PASSTHROUGH", "WRITEBACK_CACHE",
 )
 _WANT = 0
-for _name in _CAPABILITIES[:-1]:
+for _name in _CAPABILITIES[:-2]:  # passthrough and the writeback cache only when chosen
     _WANT |= getattr(abi, "FUSE_" + _name)
-# 255 pages: a 1 MiB pipe then holds a whole READ reply and its header's page.
+# 255 pages: a 1 MiB pipe then holds a whole READ reply or WRITE request
+# and its header's page.
 _MAX_PAGES = 255
 
 
