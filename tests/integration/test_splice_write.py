@@ -150,6 +150,29 @@ def _split_records(data: bytes) -> list[bytes]:
 
 def test_concurrent_writers_match_model(mnt):
     """Several writers at once: random offsets and sizes, O_DIRECT, mmap, appends."""
+    check_concurrent_writers(mnt)
+
+
+@pytest.mark.parametrize("tier", ["splice", "off"])
+def test_writeback_cache_concurrent_writers_match_model(mount_factory, tier):
+    """The same with -o writeback_cache: the kernel gathers the writes and sends them later."""
+    mnt = mount_factory(f"native-{tier}+writeback_cache")
+    assert "writeback_cache" in mnt.stats()["capabilities"]
+    check_concurrent_writers(mnt)
+
+
+def test_writeback_cache_is_refused_with_passthrough(tmp_path):
+    from zcfs.cli import parse_args
+    from zcfs.mount import UsageError
+    with pytest.raises(UsageError, match="writeback_cache"):
+        parse_args([str(tmp_path), str(tmp_path), "--zero-copy", "passthrough", "-o", "writeback_cache"])
+    with pytest.raises(UsageError, match="writeback_cache"):
+        parse_args([str(tmp_path), str(tmp_path), "--engine", "pyfuse3", "-o", "writeback_cache"])
+    config, _ = parse_args([str(tmp_path), str(tmp_path), "-o", "writeback_cache"])
+    assert config.fs.writeback_cache
+
+
+def check_concurrent_writers(mnt) -> None:
     m = mnt.path
     path = m / "shared"
     model = bytearray(WRITERS * REGION)
@@ -175,7 +198,7 @@ def test_concurrent_writers_match_model(mnt):
             assert got[region] == model[region], f"writer {n}'s region differs under {root}"
             assert (root / f"log-{n}").read_bytes() == logs[n], f"writer {n}'s appends differ under {root}"
         assert sorted(_split_records((root / "shared.log").read_bytes())) == sorted(records)
-    if mnt.mode == "native-splice":
+    if mnt.mode.startswith("native-splice"):
         assert spliced(mnt)["requests"] > 0
     assert_daemon_healthy(mnt)
 

@@ -12,7 +12,9 @@ so one slow fsync or cold READ never stalls the other requests.
 
 READ is answered by the engine itself from the backing fd the filesystem
 names (`ZcfsOperations.file_fd`), on the tier the inode was given at open:
-kernel passthrough (READ never comes), splice, or copy.
+kernel passthrough (READ never comes), splice, or copy. On the splice tier,
+while big WRITEs flow, workers receive requests through a pipe and splice
+a WRITE's payload from it into the backing file (splice.py: RequestPipe).
 
 Every handler's errors are mapped in one place, `_answer`: FUSEError is an
 error reply with its errno; anything else is logged and answered EIO, and
@@ -41,8 +43,8 @@ from .. import syscalls
 from ..fs import ZcfsOperations
 from ..mount import MountConfig, UsageError, filesystem_type, mount_device
 from ..proto import abi
-from ..proto.requests import InHeader, WriteIn
 from ..proto.negotiate import Negotiated, Wishes, negotiate, request_buffer_size
+from ..proto.requests import InHeader, WriteIn
 from ..proto import (
     DirentBuffer, Opcode, ProtocolError, Request, pack_attr_out, pack_create_out, pack_data,
     pack_empty, pack_entry_out, pack_error, pack_getxattr_size, pack_init_out, pack_lseek_out,
@@ -52,8 +54,8 @@ from ..stats import Stats
 from . import devfuse
 from .backing import TierChooser
 from .splice import (
-    WRITE_HEADERS, PipedPayload, ReceiveMode, RequestPipe, SpliceError, copy_read_reply, prepare_pipes, splice_read_reply,
-    splice_write,
+    WRITE_HEADERS, PipedPayload, ReceiveMode, RequestPipe, SpliceError, copy_read_reply, prepare_pipes,
+    splice_read_reply, splice_write,
 )
 
 log = logging.getLogger(__name__)
@@ -323,7 +325,8 @@ class Session:
             # (an INIT error would otherwise end the session).
             return pack_error(request.unique, errno.EIO)
         wishes = Wishes(
-            want=_WANT | (abi.FUSE_WRITEBACK_CACHE if self.config.fs.writeback_cache else 0), max_pages=_MAX_PAGES, max_write=_MAX_PAGES * 4096,
+            want=_WANT | (abi.FUSE_WRITEBACK_CACHE if self.config.fs.writeback_cache else 0),
+            max_pages=_MAX_PAGES, max_write=_MAX_PAGES * 4096,
             passthrough=self.tiers.best_tier == "passthrough",
             max_stack_depth=_stack_depth(self.config.backing))
         neg = negotiate(request.body, wishes)

@@ -1,4 +1,4 @@
-"""READ replies that keep file data out of user space (splice) or copy it.
+"""READ replies and WRITE payloads that keep file data out of user space (splice), or copy it.
 
 A spliced reply, for READ of `size` bytes at `offset` (see FUSE-NOTES):
   1. splice backing file -> data pipe, looping until `size` bytes or EOF;
