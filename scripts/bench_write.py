@@ -22,7 +22,7 @@ splice, attributes cached for a day).
 from __future__ import annotations
 
 import argparse
-import hashlib
+import itertools
 import os
 import statistics
 import subprocess
@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench_read import cpu_seconds  # noqa: E402  (scripts/ is on sys.path)
+from bench_read import cpu_seconds, sha256  # noqa: E402  (scripts/ is on sys.path)
 from zcfs.testing import Mount, mount_is_listed, start_mount, stop_mount  # noqa: E402
 
 MODES = ["native-off", "native-splice", "native-splice+writeback_cache", "pyfuse3", "native-auto"]
@@ -62,14 +62,6 @@ def dd_write(source: Path, target: Path, block: str = "1M") -> float:
     subprocess.run(["dd", f"if={source}", f"of={target}", f"bs={block}", "conv=fsync"],
                    check=True, capture_output=True)
     return time.perf_counter() - start
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_paths(mount: Mount) -> str:
@@ -104,6 +96,8 @@ def measure(source: Path, mounts: dict[str, Mount], direct_dir: Path, rounds: in
             ratios[mode].append(direct / seconds)
             if check and round_no == 0 and sha256(mount.backing / target.name) != expected:
                 raise SystemExit(f"FAIL: the file written through {mode} differs from its source")
+            target.unlink()  # keeps a tmpfs --dir small (through the mount: peers cache names)
+        (direct_dir / "direct.bin").unlink()
     return times, ratios, cpu
 
 
@@ -130,7 +124,8 @@ def main() -> int:
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--peer", default=None, help="path of a libfuse passthrough_hp binary")
     parser.add_argument("--sizes", action="store_true", help="also write with 16 KiB .. 512 KiB blocks")
-    parser.add_argument("--dir", default=None, help="where to put the files (default: a temp dir)")
+    parser.add_argument("--dir", default=None, help="where to put the files (default: a temp dir); "
+                        "on a tmpfs (/dev/shm) the disk, shared and noisy, is out of the figures")
     args = parser.parse_args()
     modes = args.modes.split(",")
     load = os.getloadavg()[0]
@@ -143,9 +138,7 @@ def main() -> int:
         backing.mkdir()
         source = root / "source.bin"
         with open(source, "wb") as f:
-            block = os.urandom(1 << 20)
-            for _ in range(args.size_mib):
-                f.write(block)
+            f.writelines(itertools.repeat(os.urandom(1 << 20), args.size_mib))
         sha256(source)  # warm: dd then reads it from the page cache
         mounts: dict[str, Mount] = {}
         try:

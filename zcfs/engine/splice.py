@@ -232,7 +232,7 @@ class RequestPipe:
         if left:
             _discard(self, left)
 
-    def read_payload(self, size: int) -> bytes:
+    def read_payload(self, size: int) -> bytearray:
         """The payload left in the pipe, read into memory (the copy fallback)."""
         data = bytearray(size)
         try:
@@ -240,7 +240,7 @@ class RequestPipe:
         except OSError:
             self.close()
             raise
-        return bytes(data)
+        return data
 
     def close(self) -> None:
         for fd in (self.r, self.w):
