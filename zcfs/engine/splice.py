@@ -22,7 +22,7 @@ import os
 import termios
 import threading
 
-from ..proto import pack_out_header
+from ..proto import Opcode, pack_out_header
 
 F_SETPIPE_SZ = 1031
 F_GETPIPE_SZ = 1032
@@ -151,7 +151,7 @@ WRITE_HEADERS = 80
 #: 5.3 vs 3.3, 64 KiB 2.9 vs 2.3, 128 KiB 1.4 vs 1.7, 1 MiB 0.8 vs 1.0:
 #: below 128 KiB the pipe's per-request cost outweighs the copy it saves.
 SPLICE_WRITE_MIN = 128 * 1024
-_FUSE_WRITE = 16  # Opcode.WRITE (the proto package is not imported here for one number)
+_FUSE_WRITE = int(Opcode.WRITE)  # a plain int: compared with a byte per request
 
 
 class ReceiveMode:
