@@ -1,1 +1,5 @@
 """zcfs: a zero-copy FUSE passthrough filesystem."""
+
+from .testing import mounted
+
+__all__ = ["mounted"]

@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import logging
 import os
 import resource
 import subprocess
 import sys
-from typing import Callable
+from typing import Callable, Iterator
 
-from .mount import ENGINES, TIERS, MountConfig, UsageError, check_paths, filesystem_type, parse_options
+from . import syscalls
+from .mount import ENGINES, TIERS, MountConfig, check_paths, filesystem_type, parse_options
+from .usage import ArgumentParser, UsageError
 
 log = logging.getLogger("zcfs")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not a usage screen
-        raise UsageError(message)
+# `zcfs NAME ...` runs the module's main(argv) instead of mounting.
+SUBCOMMANDS = {"stats": "zcfs.statscli"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="zcfs", description="Mount a zero-copy mirror of BACKING at MOUNTPOINT.")
+    parser = ArgumentParser(prog="zcfs", description="Mount a zero-copy mirror of BACKING at MOUNTPOINT.")
     parser.add_argument("backing", help="the directory to mirror")
     parser.add_argument("mountpoint", help="where to mount the mirror")
     parser.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
@@ -52,14 +55,15 @@ def parse_args(args: list[str]) -> tuple[MountConfig, argparse.Namespace]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["stats"]:
-        from .statscli import main as stats_main
-        return stats_main(argv[1:])
+    if argv and argv[0] in SUBCOMMANDS:
+        return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
     try:
         config, ns = parse_args(argv)
     except UsageError as exc:
         print(f"zcfs: {exc}", file=sys.stderr)
         return 2
+    if config.remount:
+        return _remount(config)
     if not ns.foreground:
         # Check here too, so notes (a stale mount cleared) reach the user:
         # the daemon's own stderr goes to its log or nowhere.
@@ -97,7 +101,8 @@ def serve(config: MountConfig, on_ready: Callable[[], None]) -> None:
     if config.metrics is not None:
         from .metrics import serve_when_ready
         on_ready = serve_when_ready(stats, config.metrics, on_ready)  # a busy port fails before mounting
-    ops = ZcfsOperations(config.backing, config.fs, stats=stats, backing_type=filesystem_type(config.backing))
+    with _backing_root(config) as root:
+        ops = ZcfsOperations(root, config.fs, stats=stats, backing_type=filesystem_type(config.backing))
     try:
         if config.engine == "pyfuse3":
             from .engine import reference
@@ -107,6 +112,40 @@ def serve(config: MountConfig, on_ready: Callable[[], None]) -> None:
             native.run(ops, config, on_ready)
     finally:
         ops.close()
+
+
+@contextlib.contextmanager
+def _backing_root(config: MountConfig) -> Iterator[str]:
+    """The path the filesystem opens as its root: the backing dir, or its atime view (-o noatime, ...)."""
+    from .engine import devfuse
+    try:
+        view = devfuse.atime_view(config.backing, config.flag_options)
+    except OSError as exc:
+        log.warning("the atime options reach the mount but not the backing files (a private view of "
+                    "the backing dir with those options needs CAP_SYS_ADMIN: %s)", exc.strerror)
+        view = -1
+    if view < 0:
+        yield config.backing
+        return
+    try:
+        yield syscalls.proc_path(view)
+    finally:
+        os.close(view)
+
+
+def _remount(config: MountConfig) -> int:
+    """`-o remount,...` (what mount(8) hands over for `mount -o remount,ro MNT`): change the mount's flags."""
+    from .engine import devfuse
+    from .mount import mounted_at
+    mountpoint = os.path.realpath(config.mountpoint)
+    try:
+        if not (mounted_at(mountpoint) or "").startswith("fuse"):
+            raise UsageError(f"cannot remount {mountpoint}: it is not a zcfs mount")
+        devfuse.remount(mountpoint, config.flag_options)
+    except UsageError as exc:
+        print(f"zcfs: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _raise_fd_limit() -> None:

@@ -121,7 +121,7 @@ def _check_name(name: bytes) -> bytes:
 class ZcfsOperations(pyfuse3.Operations):
     """A read-write mirror of a backing directory."""
 
-    supports_dot_lookup = False
+    supports_dot_lookup = True  # FUSE_EXPORT_SUPPORT: file handles of the mount (see inodes.py)
     enable_writeback_cache = False
     enable_acl = False
 
@@ -183,7 +183,7 @@ class ZcfsOperations(pyfuse3.Operations):
                      "st_blksize", "st_blocks", "st_atime_ns", "st_mtime_ns", "st_ctime_ns"):
             setattr(entry, name, getattr(st, name))
         entry.st_ino = inode.number
-        entry.generation = 0
+        entry.generation = inode.generation
         entry.entry_timeout = self.options.entry_timeout
         entry.attr_timeout = self.options.attr_timeout
         return entry
@@ -227,12 +227,14 @@ class ZcfsOperations(pyfuse3.Operations):
 
     @_errors
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
-        parent = self._inode(parent_inode)
         if name == b".":
-            return await self._relookup(parent)
+            # The kernel decoding a file handle of an inode it dropped: the
+            # table reopens a node id it forgot from the handle it encodes.
+            return self._attributes(self.inodes.relookup(parent_inode))
+        parent = self._inode(parent_inode)
         if name == b"..":
             if parent.number == ROOT_INODE:
-                return await self._relookup(parent)
+                return self._attributes(self.inodes.relookup(ROOT_INODE))
             return self._entry_for(parent, b"..")
         try:
             return self._entry_for(parent, _check_name(name))
@@ -243,10 +245,6 @@ class ZcfsOperations(pyfuse3.Operations):
         absent = pyfuse3.EntryAttributes()
         absent.entry_timeout = self.options.negative_timeout
         return absent
-
-    async def _relookup(self, inode: Inode) -> pyfuse3.EntryAttributes:
-        inode.lookups += 1
-        return self._attributes(inode)
 
     async def forget(self, inode_list: Any) -> None:
         for number, count in inode_list:
@@ -342,7 +340,7 @@ class ZcfsOperations(pyfuse3.Operations):
         victim = self._last_link_victim(parent, _check_name(name))
         remove(name, dir_fd=parent.fd)
         if victim is not None:
-            self.inodes.pin(victim)
+            self.inodes.keep_fd(victim)
 
     @_errors
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
@@ -355,7 +353,7 @@ class ZcfsOperations(pyfuse3.Operations):
             victim = self._last_link_victim(new_parent, _check_name(name_new))
         syscalls.renameat2(old_parent.fd, _check_name(name_old), new_parent.fd, _check_name(name_new), flags)
         if victim is not None:
-            self.inodes.pin(victim)
+            self.inodes.keep_fd(victim)
 
     def _last_link_victim(self, parent: Inode, name: bytes) -> Inode | None:
         """The known inode whose last name removing `name` takes, its fd opened now.
@@ -371,7 +369,7 @@ class ZcfsOperations(pyfuse3.Operations):
             return None  # the removal itself reports why
         if not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1:
             return None
-        victim = self.inodes.known(st)
+        victim = self.inodes.known(st, parent.fd, name)
         if victim is None:
             return None
         try:

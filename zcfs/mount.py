@@ -10,26 +10,13 @@ import dataclasses
 import errno
 import os
 import subprocess
+from typing import Callable
 
 from .fs import CACHE_POLICIES, FsOptions
+from .usage import UsageError
 
 ENGINES = ("native", "pyfuse3")
 TIERS = ("auto", "passthrough", "splice", "off")
-
-
-class UsageError(Exception):
-    """A mistake on the command line or in the environment; the message says which."""
-
-
-# Plain FUSE/VFS options we pass on (to libfuse or to mount(2)).
-_MOUNT_FLAG_OPTIONS = {
-    "ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec",
-    "noatime", "atime", "relatime", "norelatime", "strictatime", "sync", "async", "dirsync",
-}
-_FUSE_OPTIONS = {"allow_other", "allow_root", "default_permissions", "auto_unmount"}
-_FUSE_VALUE_OPTIONS = {"fsname", "subtype", "max_read"}
-# zcfs's own options.
-_FLOAT_OPTIONS = {"entry_timeout", "attr_timeout", "negative_timeout"}
 
 
 @dataclasses.dataclass
@@ -48,6 +35,7 @@ class MountConfig:
     flag_options: list[str] = dataclasses.field(default_factory=list)
     extra_fuse_options: list[str] = dataclasses.field(default_factory=list)
     metrics: tuple[str, int] | None = None  # --metrics HOST:PORT: serve Prometheus metrics there
+    remount: bool = False  # -o remount: change the flags of the mount already there
 
     @property
     def read_only(self) -> bool:
@@ -61,78 +49,124 @@ class MountConfig:
             **dataclasses.asdict(self.fs), "flags": self.flag_options + self.extra_fuse_options,
         }
 
-    def libfuse_options(self) -> set[str]:
-        """Options in libfuse's spelling (for the pyfuse3 engine)."""
-        opts = {f"fsname={_libfuse_escape(self.fsname)}", f"subtype={_libfuse_escape(self.subtype)}"}
-        opts.update(self.flag_options)
-        opts.update(self.extra_fuse_options)
-        if self.allow_other:
-            opts.add("allow_other")
-        if self.default_permissions:
-            opts.add("default_permissions")
-        return opts
+
+# Every -o option, by name: whether it takes a value (True, False, or None for
+# either) and its handler. A handler changes `config`, or returns changes to the
+# filesystem's settings (FsOptions fields), which are applied after every other
+# option, so that explicit settings refine a cache policy in whatever order
+# they came. mount(8), mount.fuse3 and systemd hand over whatever an fstab line
+# says, so an option that means nothing to a FUSE daemon is accepted and
+# ignored, never refused (also any `x-...`).
+Handler = Callable[["MountConfig", str, str], "dict[str, object] | None"]
+Option = tuple[bool | None, Handler]
 
 
-def _libfuse_escape(value: str) -> str:
-    """Spell an option value for libfuse's -o parser (which pyfuse3 feeds ASCII only).
+def _mount_flag(config: MountConfig, name: str, value: str) -> dict[str, object] | None:
+    """A mount(2) flag (zcfs.engine.devfuse knows its bits)."""
+    config.flag_options.append(name)
+    return {"read_only": name == "ro"} if name in ("ro", "rw") else None
 
-    A comma would split the option and a non-ASCII byte stops pyfuse3, so
-    `,` and `\\` get a backslash and other bytes an octal escape (`\\351`).
-    """
-    out = []
-    for byte in os.fsencode(value):
-        if byte in b",\\":
-            out.append("\\" + chr(byte))
-        elif byte < 0x20 or byte >= 0x7F:
-            out.append(f"\\{byte:03o}")
-        else:
-            out.append(chr(byte))
-    return "".join(out)
+
+def _fs_seconds(config: MountConfig, name: str, value: str) -> dict[str, object]:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise UsageError(f"option {name} needs a number of seconds, not {value!r}") from None
+    if seconds < 0:
+        raise UsageError(f"option {name} cannot be negative")
+    return {name: seconds}
+
+
+def _fs_switch(field: str, on: bool) -> Handler:
+    return lambda config, name, value: {field: on}
+
+
+def _cache_policy(config: MountConfig, name: str, value: str) -> None:
+    if value not in CACHE_POLICIES:
+        raise UsageError(f"option cache takes {'|'.join(CACHE_POLICIES)}, not {value!r}")
+    config.fs = dataclasses.replace(config.fs, **CACHE_POLICIES[value], cache=value)
+
+
+def _setting(field: str, to: object = None) -> Handler:
+    """Set a MountConfig field to `to`, or to the option's value."""
+    return lambda config, name, value: setattr(config, field, value if to is None else to)
+
+
+def _choice(field: str, choices: tuple[str, ...]) -> Handler:
+    def apply(config: MountConfig, name: str, value: str) -> None:
+        if value not in choices:
+            raise UsageError(f"option {name} must be one of {', '.join(choices)}, not {value!r}")
+        setattr(config, field, value)
+    return apply
+
+
+def _fuse_option(config: MountConfig, name: str, value: str) -> None:
+    """Kernel FUSE mount data zcfs does not interpret (allow_root, max_read=N, ...)."""
+    config.extra_fuse_options.append(f"{name}={value}" if value else name)
+
+
+def _ignored(config: MountConfig, name: str, value: str) -> None:
+    pass
+
+
+def _remount(config: MountConfig, name: str, value: str) -> None:
+    config.remount = True
+
+
+OPTIONS: dict[str, Option] = {
+    **{name: (False, _mount_flag) for name in (
+        "ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec", "sync", "async", "dirsync",
+        # atime: on the mount, and on the backing files through a noatime view of the backing dir
+        "noatime", "atime", "nodiratime", "diratime", "relatime", "norelatime", "strictatime",
+        "nostrictatime")},
+    "allow_other": (False, _setting("allow_other", True)),
+    "default_permissions": (False, _setting("default_permissions", True)),
+    "nodefault_permissions": (False, _setting("default_permissions", False)),
+    "fsname": (True, _setting("fsname")),
+    "subtype": (True, _setting("subtype")),
+    "allow_root": (False, _fuse_option),
+    "auto_unmount": (False, _fuse_option),
+    "max_read": (True, _fuse_option),
+    # zcfs's own (engine and zero_copy too, for fstab lines, which cannot pass --engine)
+    "engine": (True, _choice("engine", ENGINES)),
+    "zero_copy": (True, _choice("zero_copy", TIERS)),
+    "cache": (True, _cache_policy),
+    "entry_timeout": (True, _fs_seconds),
+    "attr_timeout": (True, _fs_seconds),
+    "negative_timeout": (True, _fs_seconds),
+    "keep_cache": (False, _fs_switch("keep_cache", True)),
+    "nokeep_cache": (False, _fs_switch("keep_cache", False)),
+    "direct_io": (False, _fs_switch("direct_io", True)),
+    "writeback_cache": (False, _fs_switch("writeback_cache", True)),
+    # mount(8) asks an existing mount to change its flags
+    "remount": (False, _remount),
+    # mount(8), fstab and systemd bookkeeping, and flags a FUSE mount has no use for
+    **{name: (None, _ignored) for name in (
+        "defaults", "auto", "noauto", "user", "nouser", "users", "owner", "group", "nofail", "_netdev",
+        "comment", "lazytime", "nolazytime", "iversion", "noiversion", "nomand", "silent", "loud",
+        # FUSE mount data zcfs fills in itself, which mount(8) hands back on a remount
+        "user_id", "group_id", "rootmode")},
+}
+IGNORED_PREFIXES = ("x-",)  # x-systemd.*, x-gvfs-*, ...
 
 
 def parse_options(specs: list[str], config: MountConfig) -> None:
-    """Apply `-o a,b=c` strings to `config`; UsageError names an unknown option."""
+    """Apply `-o a,b=c` strings to `config`; UsageError names an unknown or malformed option."""
     fs_changes: dict[str, object] = {}
-    cache_policy: dict[str, object] = {}
     for spec in specs:
         for item in filter(None, spec.split(",")):
             name, has_value, value = item.partition("=")
-            if name in _FLOAT_OPTIONS and has_value:
-                try:
-                    seconds = float(value)
-                except ValueError:
-                    raise UsageError(f"option {name} needs a number of seconds, not {value!r}") from None
-                if seconds < 0:
-                    raise UsageError(f"option {name} cannot be negative")
-                fs_changes[name] = seconds
-            elif name in _MOUNT_FLAG_OPTIONS and not has_value:
-                if name in ("ro", "rw"):
-                    fs_changes["read_only"] = name == "ro"
-                config.flag_options.append(name)
-            elif name == "allow_other" and not has_value:
-                config.allow_other = True
-            elif name == "default_permissions" and not has_value:
-                config.default_permissions = True
-            elif name == "nodefault_permissions" and not has_value:
-                config.default_permissions = False
-            elif name == "cache" and has_value:
-                if value not in CACHE_POLICIES:
-                    raise UsageError(f"option cache takes {'|'.join(CACHE_POLICIES)}, not {value!r}")
-                cache_policy = dict(CACHE_POLICIES[value], cache=value)
-            elif name in ("direct_io", "writeback_cache") and not has_value:
-                fs_changes[name] = True
-            elif name in ("keep_cache", "nokeep_cache") and not has_value:
-                fs_changes["keep_cache"] = name == "keep_cache"
-            elif name == "fsname" and has_value:
-                config.fsname = value
-            elif name == "subtype" and has_value:
-                config.subtype = value
-            elif name in _FUSE_OPTIONS and not has_value:
-                config.extra_fuse_options.append(name)
-            elif name in _FUSE_VALUE_OPTIONS and has_value:
-                config.extra_fuse_options.append(item)
+            if name in OPTIONS:
+                takes_value, apply = OPTIONS[name]
+            elif name.startswith(IGNORED_PREFIXES):
+                takes_value, apply = None, _ignored
             else:
                 raise UsageError(f"unknown mount option {item!r}")
+            if takes_value is True and not has_value:
+                raise UsageError(f"mount option {name} needs a value ({name}=...)")
+            if takes_value is False and has_value:
+                raise UsageError(f"mount option {name} takes no value")
+            fs_changes.update(apply(config, name, value) or {})
     if config.allow_other and not config.default_permissions:
         # zcfs checks no permissions itself (only access()): every user would act as root.
         raise UsageError("options allow_other and nodefault_permissions together would let every "
@@ -140,9 +174,8 @@ def parse_options(specs: list[str], config: MountConfig) -> None:
     if fs_changes.get("writeback_cache") and (config.engine != "native" or config.zero_copy == "passthrough"):
         # The kernel refuses passthrough with the writeback cache; auto then means splice.
         raise UsageError("option writeback_cache needs the native engine and a --zero-copy other than passthrough")
-    if fs_changes or cache_policy:
-        # Options given beside a cache policy refine it, in whatever order they came.
-        config.fs = dataclasses.replace(config.fs, **{**cache_policy, **fs_changes})
+    # Applied last: options given beside a cache policy refine it, in whatever order they came.
+    config.fs = dataclasses.replace(config.fs, **fs_changes)
 
 
 def _mountinfo_fields(path: str) -> list[bytes] | None:
@@ -174,6 +207,12 @@ def mounted_at(path: str) -> str | None:
     """The filesystem type mounted exactly at `path`, or None."""
     fields = _mountinfo_fields(path)
     return None if fields is None else fields[fields.index(b"-") + 1].decode()
+
+
+def mount_options(path: str) -> list[str]:
+    """The per-mount options of the mount at `path` (rw, nosuid, noatime, ...); [] if none."""
+    fields = _mountinfo_fields(path)
+    return [] if fields is None else fields[5].decode().split(",")
 
 
 def mount_device(path: str) -> str | None:
@@ -245,7 +284,8 @@ def check_paths(config: MountConfig) -> list[str]:
         raise UsageError(f"mountpoint {config.mountpoint} is not a directory")
     config.mountpoint = os.path.realpath(config.mountpoint)
     in_use = mounted_at(config.mountpoint)
-    if in_use is not None:
+    if in_use is not None and in_use.split(".")[0] in ("fuse", "fuseblk"):
+        # Any other mount may be mounted over (a container's volume, a bind mount).
         raise UsageError(
             f"mountpoint {config.mountpoint} is already a mount ({in_use}); unmount it first")
     if config.mountpoint.startswith(config.backing.rstrip("/") + "/"):

@@ -13,14 +13,14 @@ import ctypes
 import errno
 import json
 import os
+import signal
 import sys
 import time
 from typing import Any
 
-from .cli import _Parser
 from .fs import STATS_XATTR, STATS_XATTR_SIZE
-from .mount import UsageError
 from .stats import latency_percentile
+from .usage import ArgumentParser, UsageError
 
 MB = 1_000_000  # rates in MB/s, as dd reports them
 
@@ -30,7 +30,7 @@ class NotAvailable(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="zcfs stats", description="Show the statistics of a zcfs mount.")
+    parser = ArgumentParser(prog="zcfs stats", description="Show the statistics of a zcfs mount.")
     parser.add_argument("mountpoint", help="the root of a zcfs mount")
     parser.add_argument("--json", action="store_true",
                         help="print the JSON snapshot (one line per sample with --watch)")
@@ -51,12 +51,26 @@ def main(argv: list[str]) -> int:
     try:
         snap = read_stats(ns.mountpoint)
         if ns.watch is None:
-            print(json.dumps(snap, indent=2) if ns.json else render(snap))
+            print(json.dumps(snap, indent=2) if ns.json else render(snap), flush=True)
             return 0
         return watch(ns.mountpoint, ns.watch, snap, as_json=ns.json)
     except NotAvailable as exc:
         print(f"zcfs: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        return _reader_went_away()
+
+
+def _reader_went_away() -> int:
+    """End quietly when stdout's reader closed the pipe (`zcfs stats MNT | head`), as Unix tools do.
+
+    stdout now points at /dev/null, so Python's own flush at exit finds no
+    pipe to fail on. The status is a SIGPIPE death's, 128 + 13.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 def read_stats(mountpoint: str) -> dict[str, Any]:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 
 @dataclasses.dataclass
@@ -92,3 +96,27 @@ def stop_mount(mount: Mount) -> None:
 def mount_is_listed(path: Path) -> bool:
     from .mount import mounted_at  # knows mountinfo's escapes (spaces in paths)
     return mounted_at(str(path)) is not None
+
+
+@contextlib.contextmanager
+def mounted(backing: str | os.PathLike, mountpoint: str | os.PathLike | None = None, *, engine: str = "native",
+            zero_copy: str = "auto", options: list[str] = ()) -> Iterator[Mount]:
+    """Mount a zcfs mirror of `backing` for the body of a `with`; unmounted after it, even on an error.
+
+    Yields the Mount: `.path` is the mountpoint (a fresh temporary one
+    unless given) and `.stats()` a live snapshot of the mount's counters.
+    RuntimeError (with the daemon's log) if it does not mount.
+    """
+    scratch = Path(tempfile.mkdtemp(prefix="zcfs-"))
+    try:
+        if mountpoint is None:
+            mountpoint = scratch / "mnt"
+            mountpoint.mkdir()
+        mode = engine if engine == "pyfuse3" else f"{engine}-{zero_copy}"
+        mount = start_mount(Path(backing), Path(mountpoint), mode, options, log=scratch / "zcfs.log")
+        try:
+            yield mount
+        finally:
+            stop_mount(mount)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -14,7 +14,7 @@ from zcfs.proto.requests import BatchForgetIn, InitIn
 # sizeof(struct ...) from fuse.h; the first block was measured on this machine.
 SIZES = {
     "IN_HEADER": 40, "OUT_HEADER": 16, "ATTR": 88, "ENTRY_OUT": 128, "ATTR_OUT": 104,
-    "OPEN_OUT": 16, "READ_IN": 40, "WRITE_IN": 40, "RELEASE_IN": 24, "STATFS_OUT": 80,
+    "OPEN_OUT": 16, "READ_IN": 40, "READDIR_IN": 40, "WRITE_IN": 40, "RELEASE_IN": 24, "STATFS_OUT": 80,
     "INIT_OUT": 64, "DIRENT_HEAD": 24, "FUSE_BACKING_MAP": 16,
     "WRITE_OUT": 8, "GETXATTR_OUT": 8, "LSEEK_OUT": 8, "LK_OUT": 24, "BMAP_OUT": 8,
     "POLL_OUT": 8, "COPY_FILE_RANGE_OUT": 8,
@@ -118,3 +118,16 @@ def test_import_does_not_pull_in_trio():
             "assert 'trio' not in sys.modules and 'pyfuse3' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root,
                    env={"PYTHONPATH": str(root)})
+
+
+def test_proto_modules_import_one_way():
+    """bodies <- opcodes <- requests: no module of the three imports a later one."""
+    import ast
+    proto = Path(__file__).resolve().parents[2] / "zcfs" / "proto"
+    order = ["abi", "bodies", "opcodes", "requests"]
+    for i, name in enumerate(order):
+        tree = ast.parse((proto / f"{name}.py").read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level}
+        imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                     and node.level and node.module is None for alias in node.names}
+        assert not imported & set(order[i + 1:]), f"{name} imports {imported & set(order[i + 1:])}"

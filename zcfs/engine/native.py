@@ -356,14 +356,25 @@ class Session:
         entry = await self.ops.lookup(request.nodeid, request.body.name, self._context(request))
         return pack_entry_out(request.unique, *self._entry_args(entry))
 
-    def _attr_timeout(self, attr: Any) -> float:
-        """How long the kernel may cache `attr`: not at all while the inode is
-        open for writing in passthrough (mmap writes bypass us and the kernel)."""
-        return 0 if attr.st_ino in self.tiers.uncached else attr.attr_timeout
+    def _attr_timeout(self, nodeid: int, attr: Any) -> float:
+        """How long the kernel may cache `attr` of `nodeid`: not at all while the inode
+        is open for writing in passthrough (mmap writes bypass us and the kernel)."""
+        return 0 if nodeid in self.tiers.uncached else attr.attr_timeout
+
+    def _shown_attr(self, nodeid: int, attr: Any) -> Any:
+        """`attr` (whose st_ino is the node id) with the inode number the mount shows.
+
+        A node id may carry the backing generation above the inode number
+        (inodes.py); stat shows the backing st_ino, as a plain READDIR does.
+        """
+        attr.st_ino = self.ops.inodes.attr_ino(nodeid)
+        return attr
 
     def _entry_args(self, entry: Any) -> tuple:
         """pack_entry_out's arguments for a known inode, attr timeout as `_attr_timeout`."""
-        return (entry.st_ino, entry.generation, entry.entry_timeout, self._attr_timeout(entry), entry)
+        nodeid = entry.st_ino
+        timeout = self._attr_timeout(nodeid, entry)
+        return (nodeid, entry.generation, entry.entry_timeout, timeout, self._shown_attr(nodeid, entry))
 
     async def _forget(self, request: Request) -> None:
         await self.ops.forget([(request.nodeid, request.body.nlookup)])
@@ -373,7 +384,8 @@ class Session:
 
     async def _getattr(self, request: Request) -> bytes:
         attr = await self.ops.getattr(request.nodeid, self._context(request))
-        return pack_attr_out(request.unique, self._attr_timeout(attr), attr)
+        timeout = self._attr_timeout(request.nodeid, attr)
+        return pack_attr_out(request.unique, timeout, self._shown_attr(request.nodeid, attr))
 
     async def _setattr(self, request: Request) -> bytes:
         body = request.body
@@ -396,7 +408,8 @@ class Session:
         )
         fh = body.fh if valid & abi.FATTR_FH else None
         result = await self.ops.setattr(request.nodeid, attr, fields, fh, self._context(request))
-        return pack_attr_out(request.unique, self._attr_timeout(result), result)
+        timeout = self._attr_timeout(request.nodeid, result)
+        return pack_attr_out(request.unique, timeout, self._shown_attr(request.nodeid, result))
 
     async def _readlink(self, request: Request) -> bytes:
         return pack_data(request.unique, await self.ops.readlink(request.nodeid, self._context(request)))
@@ -536,7 +549,10 @@ class Session:
 
     async def _copy_file_range(self, request: Request) -> bytes:
         b = request.body
-        copied = await self.ops.copy_file_range(b.fh_in, b.off_in, b.fh_out, b.off_out, b.len, b.flags)
+        # len is a size_t; like the kernel's own copy loops, copy at most
+        # MAX_RW_COUNT at a time (the caller gets a short count and goes on).
+        length = min(b.len, _MAX_RW_COUNT)
+        copied = await self.ops.copy_file_range(b.fh_in, b.off_in, b.fh_out, b.off_out, length, b.flags)
         return pack_write_out(request.unique, copied)
 
     # -- directories -----------------------------------------------------
@@ -561,10 +577,10 @@ class Session:
             entry = self.ops.lookup_entry(b.fh, name)
             if entry is None:
                 continue  # vanished since the listing was taken
-            if not out.add(name, entry.st_ino, stat.S_IFMT(entry.st_mode) >> 12, next_offset,
-                           self._entry_args(entry)):
+            args = self._entry_args(entry)
+            if not out.add(name, entry.st_ino, stat.S_IFMT(entry.st_mode) >> 12, next_offset, args):
                 # Not sent, so the kernel will not count this lookup.
-                self.ops.inodes.forget(entry.st_ino, 1)
+                self.ops.inodes.forget(args[0], 1)
                 break
         return out.pack(request.unique)
 
@@ -633,6 +649,9 @@ def _join(threads: list[threading.Thread]) -> None:
         thread.join()
 
 
+_MAX_RW_COUNT = 0x7FFFF000  # INT_MAX & PAGE_MASK: the most one read/write/copy moves (linux/fs.h)
+
+
 def _sized_reply(unique: int, size: int, value: bytes) -> bytes:
     """xattr replies: size 0 asks for the length; too small a buffer is ERANGE."""
     if size == 0:
@@ -650,9 +669,13 @@ def _opname(opcode: int) -> str:
 
 
 # The INIT capabilities we ask for; the granted ones are shown in stats.
+# DO_READDIRPLUS without READDIRPLUS_AUTO: every listing carries attributes.
+# With AUTO the kernel lists all but a directory's first chunk plainly when
+# the reader does not stat in between (fts, as in du and git, reads a whole
+# directory first), and then pays a LOOKUP round trip per entry.
 _CAPABILITIES = (
-    "ASYNC_READ", "BIG_WRITES", "PARALLEL_DIROPS", "DO_READDIRPLUS", "READDIRPLUS_AUTO",
-    "ATOMIC_O_TRUNC", "MAX_PAGES", "AUTO_INVAL_DATA", "SPLICE_WRITE", "SPLICE_MOVE", "SPLICE_READ",
+    "ASYNC_READ", "BIG_WRITES", "PARALLEL_DIROPS", "DO_READDIRPLUS",
+    "ATOMIC_O_TRUNC", "EXPORT_SUPPORT", "MAX_PAGES", "AUTO_INVAL_DATA", "SPLICE_WRITE", "SPLICE_MOVE", "SPLICE_READ",
     "INIT_EXT", "PASSTHROUGH", "WRITEBACK_CACHE",
 )
 _WANT = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import signal
 import stat
 import time
@@ -15,6 +16,7 @@ import trio
 from ..fs import ZcfsOperations
 from ..mount import MountConfig, UsageError
 from ..stats import Stats
+from . import devfuse
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +44,21 @@ def run(ops: ZcfsOperations, config: MountConfig, on_ready: Callable[[], None]) 
         stats.gauge("inodes", lambda: len(ops.inodes))
         if stats.enabled:
             instrument(ops, stats)
+    # zcfs mounts (the same way as the native engine, fusermount3 included)
+    # and hands libfuse the open device as /dev/fd/N: libfuse then takes no
+    # mount options at all, so none of them can be refused there.
+    dev_fd = devfuse.mount(config)
     try:
-        pyfuse3.init(ops, config.mountpoint, config.libfuse_options())
+        pyfuse3.init(ops, f"/dev/fd/{dev_fd}", set())
     except RuntimeError as exc:
+        os.close(dev_fd)
+        devfuse.unmount(config.mountpoint)
         raise UsageError(f"cannot mount {config.mountpoint}: {exc}") from None
     try:
         trio.run(_serve, on_ready)
     finally:
-        pyfuse3.close(unmount=True)
+        pyfuse3.close(unmount=False)  # libfuse closes the device; the mount is ours to remove
+        devfuse.unmount(config.mountpoint)
         if stats is not None:
             log.info("%s", stats.summary())
 

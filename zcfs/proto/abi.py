@@ -172,6 +172,13 @@ FUSE_DEV_IOC_BACKING_CLOSE = _ioc(_IOC_WRITE, FUSE_DEV_IOC_MAGIC, 2, 4)
 
 # --- Layouts -----------------------------------------------------------------
 
+# Signedness: fuse.h declares every request field unsigned, but the kernel
+# fills file offsets and lengths from loff_t (signed 64-bit) and times from
+# time64_t. Those are unpacked signed (``q``), so a negative value reaches the
+# handler as the negative number the caller passed (lseek(fd, -1, SEEK_DATA)
+# gives ENXIO from the backing fs), never as 2**64 - 1. Sizes the kernel
+# keeps in size_t/u32 (read size, copy_file_range len) stay unsigned.
+
 # fuse_in_header: len, opcode, unique, nodeid, uid, gid, pid, total_extlen.
 IN_HEADER = struct.Struct("<IIQQIIIH2x")
 # fuse_out_header: len, error (negative errno), unique.
@@ -210,7 +217,7 @@ FORGET_ONE = struct.Struct("<QQ")  # nodeid, nlookup
 GETATTR_IN = struct.Struct("<I4xQ")  # getattr_flags, fh
 # fuse_setattr_in: valid, fh, size, lock_owner, atime, mtime, ctime,
 # atimensec, mtimensec, ctimensec, mode, uid, gid.
-SETATTR_IN = struct.Struct("<I4xQQQQQQIIII4xII4x")
+SETATTR_IN = struct.Struct("<I4xQqQqqqIIII4xII4x")
 MKNOD_IN = struct.Struct("<III4x")  # mode, rdev, umask
 MKDIR_IN = struct.Struct("<II")  # mode, umask
 RENAME_IN = struct.Struct("<Q")  # newdir
@@ -220,13 +227,15 @@ OPEN_IN = struct.Struct("<II")  # flags, open_flags
 CREATE_IN = struct.Struct("<IIII")  # flags, mode, umask, open_flags
 RELEASE_IN = struct.Struct("<QIIQ")  # fh, flags, release_flags, lock_owner
 FLUSH_IN = struct.Struct("<Q8xQ")  # fh, lock_owner
-READ_IN = struct.Struct("<QQIIQI4x")  # fh, offset, size, read_flags, lock_owner, flags
-WRITE_IN = struct.Struct("<QQIIQI4x")  # fh, offset, size, write_flags, lock_owner, flags
+READ_IN = struct.Struct("<QqIIQI4x")  # fh, offset, size, read_flags, lock_owner, flags
+# fuse_read_in of READDIR/READDIRPLUS: offset is a cookie we handed out, opaque.
+READDIR_IN = struct.Struct("<QQIIQI4x")
+WRITE_IN = struct.Struct("<QqIIQI4x")  # fh, offset, size, write_flags, lock_owner, flags
 FSYNC_IN = struct.Struct("<QI4x")  # fh, fsync_flags
 SETXATTR_IN = struct.Struct("<III4x")  # size, flags, setxattr_flags (FUSE_SETXATTR_EXT)
 SETXATTR_IN_COMPAT = struct.Struct("<II")  # size, flags (FUSE_COMPAT_SETXATTR_IN_SIZE)
 GETXATTR_IN = struct.Struct("<I4x")  # size
-LK_IN = struct.Struct("<QQQQIII4x")  # fh, owner, start, end, type, pid, lk_flags
+LK_IN = struct.Struct("<QQqqIII4x")  # fh, owner, start, end, type, pid, lk_flags
 ACCESS_IN = struct.Struct("<I4x")  # mask
 INIT_IN = struct.Struct("<IIIII44x")  # major, minor, max_readahead, flags, flags2
 INIT_IN_COMPAT = struct.Struct("<IIII")  # fuse_init_in before 7.36
@@ -234,10 +243,10 @@ INTERRUPT_IN = struct.Struct("<Q")  # unique
 BMAP_IN = struct.Struct("<QI4x")  # block, blocksize
 IOCTL_IN = struct.Struct("<QIIQII")  # fh, flags, cmd, arg, in_size, out_size
 POLL_IN = struct.Struct("<QQII")  # fh, kh, flags, events
-FALLOCATE_IN = struct.Struct("<QQQI4x")  # fh, offset, length, mode
-LSEEK_IN = struct.Struct("<QQI4x")  # fh, offset, whence
+FALLOCATE_IN = struct.Struct("<QqqI4x")  # fh, offset, length, mode
+LSEEK_IN = struct.Struct("<QqI4x")  # fh, offset, whence
 # fuse_copy_file_range_in: fh_in, off_in, nodeid_out, fh_out, off_out, len, flags.
-COPY_FILE_RANGE_IN = struct.Struct("<QQQQQQQ")
+COPY_FILE_RANGE_IN = struct.Struct("<QqQQqQQ")
 SYNCFS_IN = struct.Struct("<8x")
 STATX_IN = struct.Struct("<I4xQII")  # getattr_flags, fh, sx_flags, sx_mask
 # fuse_notify_retrieve_in (body of FUSE_NOTIFY_REPLY): offset, size.

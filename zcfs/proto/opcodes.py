@@ -1,4 +1,8 @@
-"""FUSE opcodes (enum fuse_opcode) and the one table describing each request's body."""
+"""FUSE opcodes (enum fuse_opcode) and the one table describing each request's body.
+
+The table refers to the body types of ``bodies`` and ``requests.parse_request``
+reads it: bodies <- opcodes <- requests, never back.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from . import abi
-from .requests import (
+from .bodies import (
     AccessIn, BatchForgetIn, BmapIn, CopyFileRangeIn, CreateIn, DestroyIn, FallocateIn,
     FlushIn, ForgetIn, FsyncIn, GetattrIn, GetxattrIn, InitIn, InterruptIn, IoctlIn, LinkIn,
     LkIn, ListxattrIn, LookupIn, LseekIn, MkdirIn, MknodIn, NotifyReplyIn, OpenIn, PollIn,
@@ -97,6 +101,7 @@ class OpSpec:
 _S = OpSpec
 _OPEN = _S(OpenIn, layout=abi.OPEN_IN)
 _READ = _S(ReadIn, layout=abi.READ_IN)
+_READDIR = _S(ReadIn, layout=abi.READDIR_IN)
 _RELEASE = _S(ReleaseIn, layout=abi.RELEASE_IN)
 _FSYNC = _S(FsyncIn, layout=abi.FSYNC_IN)
 _LK = _S(LkIn, layout=abi.LK_IN)
@@ -131,7 +136,7 @@ OPCODES: dict[Opcode, OpSpec] = {
     Opcode.FLUSH: _S(FlushIn, layout=abi.FLUSH_IN),
     Opcode.INIT: _S(InitIn, layout=abi.INIT_IN),  # parsed by requests._parse_init
     Opcode.OPENDIR: _OPEN,
-    Opcode.READDIR: _READ,
+    Opcode.READDIR: _READDIR,
     Opcode.RELEASEDIR: _RELEASE,
     Opcode.FSYNCDIR: _FSYNC,
     Opcode.GETLK: _LK,
@@ -149,7 +154,7 @@ OPCODES: dict[Opcode, OpSpec] = {
     # parsed by requests._parse_batch_forget
     Opcode.BATCH_FORGET: _S(BatchForgetIn, replies=False, layout=abi.BATCH_FORGET_IN),
     Opcode.FALLOCATE: _S(FallocateIn, layout=abi.FALLOCATE_IN),
-    Opcode.READDIRPLUS: _READ,
+    Opcode.READDIRPLUS: _READDIR,
     Opcode.RENAME2: _S(RenameIn, 2, layout=abi.RENAME2_IN),
     Opcode.LSEEK: _S(LseekIn, layout=abi.LSEEK_IN),
     Opcode.COPY_FILE_RANGE: _COPY,
