@@ -57,6 +57,7 @@ class FsOptions:
     negative_timeout: float = 0.0
     keep_cache: bool = True
     direct_io: bool = False  # bypass the mount's page cache (splice/copy tiers)
+    writeback_cache: bool = False  # the kernel gathers writes (native engine, splice/copy tiers)
     cache_dir: bool = False  # let the kernel keep directory listings (FOPEN_CACHE_DIR)
     read_only: bool = False
     noatime: bool = False  # open backing files with O_NOATIME where permitted (see _open_backing)
@@ -447,7 +448,8 @@ class ZcfsOperations(pyfuse3.Operations):
         # and O_NOFOLLOW (the kernel already refused symlinks) would make the
         # /proc magic link itself fail with ELOOP (cp -a and rsync use it).
         flags &= ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_NOFOLLOW)
-        fd = _open_backing(syscalls.proc_path(node.fd), _backing_flags(flags), self.options.noatime)
+        fd = _open_backing(syscalls.proc_path(node.fd), _backing_flags(flags, self.options.writeback_cache),
+                           self.options.noatime)
         if _truncating_kill(flags, kill_setid, ctx):
             try:
                 self._kill_setid(fd, ctx)
@@ -461,7 +463,7 @@ class ZcfsOperations(pyfuse3.Operations):
                      kill_setid: bool | None = None) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         parent = self._inode(parent_inode)
         self._check_writable()
-        backing_flags = _backing_flags(flags) | os.O_NOFOLLOW
+        backing_flags = _backing_flags(flags, self.options.writeback_cache) | os.O_NOFOLLOW
         try:
             with _caller_umask(ctx):
                 fd = os.open(_check_name(name), backing_flags | os.O_CREAT | os.O_EXCL, mode, dir_fd=parent.fd)
@@ -494,10 +496,15 @@ class ZcfsOperations(pyfuse3.Operations):
     async def write(self, fh: int, off: int, buf: bytes, ctx: Any = None, kill_setid: bool = False) -> int:
         """Write at `off`; `kill_setid`: the writer in `ctx` lacks CAP_FSETID
         (FUSE_WRITE_KILL_SUIDGID), so set-id bits go first, as locally."""
+        return await self.run_blocking(os.pwrite, self.write_fd(fh, ctx, kill_setid), buf, off)
+
+    def write_fd(self, fh: int, ctx: Any = None, kill_setid: bool = False) -> int:
+        """The backing fd a WRITE of handle `fh` goes to, set-id bits cleared first
+        when `kill_setid` (the engine splices large WRITEs into it itself)."""
         fd = self.file(fh).fd
         if kill_setid:
             self._kill_setid(fd, ctx)
-        return await self.run_blocking(os.pwrite, fd, buf, off)
+        return fd
 
     @_errors
     async def flush(self, fh: int) -> None:
@@ -782,7 +789,7 @@ def _open_backing(path: str, flags: int, noatime: bool) -> int:
     return os.open(path, flags)
 
 
-def _backing_flags(flags: int) -> int:
+def _backing_flags(flags: int, writeback_cache: bool = False) -> int:
     """Open flags for the backing fd behind a handle.
 
     No O_DIRECT: the kernel already bypasses the mount's page cache for such
@@ -794,7 +801,12 @@ def _backing_flags(flags: int) -> int:
     pages of a shared mmap through any writable handle of the inode, an
     O_APPEND one included; pwrite on an O_APPEND fd ignores the offset and
     would append those pages instead of writing them in place.
+
+    With the writeback cache, write-only is read-write: the kernel reads
+    through any handle to fill the rest of a page it writes in part.
     """
+    if writeback_cache and flags & os.O_ACCMODE == os.O_WRONLY:
+        flags = flags & ~os.O_ACCMODE | os.O_RDWR
     return (flags & ~(os.O_DIRECT | os.O_APPEND)) | os.O_CLOEXEC
 
 

@@ -137,6 +137,7 @@ OPTIONS: dict[str, Option] = {
     "keep_cache": (False, _fs_switch("keep_cache", True)),
     "nokeep_cache": (False, _fs_switch("keep_cache", False)),
     "direct_io": (False, _fs_switch("direct_io", True)),
+    "writeback_cache": (False, _fs_switch("writeback_cache", True)),
     # mount(8) asks an existing mount to change its flags
     "remount": (False, _remount),
     # mount(8), fstab and systemd bookkeeping, and flags a FUSE mount has no use for
@@ -170,6 +171,9 @@ def parse_options(specs: list[str], config: MountConfig) -> None:
         # zcfs checks no permissions itself (only access()): every user would act as root.
         raise UsageError("options allow_other and nodefault_permissions together would let every "
                          "user read and write any backing file as root; drop one of them")
+    if fs_changes.get("writeback_cache") and (config.engine != "native" or config.zero_copy == "passthrough"):
+        # The kernel refuses passthrough with the writeback cache; auto then means splice.
+        raise UsageError("option writeback_cache needs the native engine and a --zero-copy other than passthrough")
     # Applied last: options given beside a cache policy refine it, in whatever order they came.
     config.fs = dataclasses.replace(config.fs, **fs_changes)
 

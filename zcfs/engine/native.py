@@ -12,7 +12,9 @@ so one slow fsync or cold READ never stalls the other requests.
 
 READ is answered by the engine itself from the backing fd the filesystem
 names (`ZcfsOperations.file_fd`), on the tier the inode was given at open:
-kernel passthrough (READ never comes), splice, or copy.
+kernel passthrough (READ never comes), splice, or copy. On the splice tier,
+while big WRITEs flow, workers receive requests through a pipe and splice
+a WRITE's payload from it into the backing file (splice.py: RequestPipe).
 
 Every handler's errors are mapped in one place, `_answer`: FUSEError is an
 error reply with its errno; anything else is logged and answered EIO, and
@@ -43,6 +45,7 @@ from ..mount import MountConfig, UsageError, filesystem_type, mount_device
 from ..proto import abi
 from ..proto.negotiate import Negotiated, Wishes, negotiate, request_buffer_size
 from ..proto.replies import pack_notify_inval_inode
+from ..proto.requests import InHeader, WriteIn
 from ..proto import (
     DirentBuffer, Opcode, ProtocolError, Request, pack_attr_out, pack_create_out, pack_data,
     pack_empty, pack_entry_out, pack_error, pack_getxattr_size, pack_init_out, pack_lseek_out,
@@ -51,7 +54,10 @@ from ..proto import (
 from ..stats import Stats
 from . import devfuse
 from .backing import TierChooser
-from .splice import SpliceError, copy_read_reply, prepare_pipes, splice_read_reply
+from .splice import (
+    WRITE_HEADERS, PipedPayload, ReceiveMode, RequestPipe, SpliceError, copy_read_reply, prepare_pipes,
+    splice_read_reply, splice_write,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +106,10 @@ class Session:
         self.dev_fd = dev_fd
         self.stats = stats
         self.workers = workers
-        self.tiers = TierChooser(dev_fd, BEST_TIER[config.zero_copy], stats)
+        best = BEST_TIER[config.zero_copy]
+        if config.fs.writeback_cache and best == "passthrough":
+            best = "splice"  # the kernel refuses passthrough with the writeback cache
+        self.tiers = TierChooser(dev_fd, best, stats)
         self.negotiated: Negotiated | None = None
         self._buffer_size = abi.FUSE_MIN_READ_BUFFER
         # Held while a request touches the filesystem's state; see run_blocking.
@@ -108,6 +117,7 @@ class Session:
         ops.run_blocking = self._run_unlocked
         self._stopping = False
         self._wake_r, self._wake_w = -1, -1
+        self._receive_mode = ReceiveMode()
         self._failure: BaseException | None = None
         self._handlers: dict[int, Callable[[Request], Awaitable[bytes | None]]] = {
             Opcode.INIT: self._init, Opcode.DESTROY: self._destroy,
@@ -176,8 +186,10 @@ class Session:
     def _worker(self) -> None:
         """One worker thread: read a request, answer it, until unmounted or stopped."""
         buf = bytearray(self._buffer_size)
+        pipe = None
         if self.tiers.data_tier() == "splice":
             prepare_pipes()
+            pipe = self._request_pipe()
         poller = select.epoll()
         # EXCLUSIVE: a request wakes one idle worker, not all of them.
         poller.register(self.dev_fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
@@ -185,7 +197,10 @@ class Session:
         try:
             while not self._stopping:
                 try:
-                    length = os.readv(self.dev_fd, [buf])
+                    if pipe is not None and self._receive_mode.splicing:
+                        length, payload = pipe.receive(self.dev_fd, buf)
+                    else:
+                        length, payload = os.readv(self.dev_fd, [buf]), 0
                 except BlockingIOError:
                     poller.poll()
                     continue
@@ -195,7 +210,14 @@ class Session:
                     if exc.errno != errno.ENODEV:
                         self._failure = exc
                     break  # unmounted
-                self._handle(buf, length)
+                if pipe is not None:
+                    self._receive_mode.note(buf, length + payload)
+                if payload:
+                    self._handle_spliced_write(buf, pipe, payload)
+                else:
+                    self._handle(buf, length)
+                if pipe is not None and pipe.r < 0:
+                    pipe = self._request_pipe()  # thrown away after a failure
         except BaseException as exc:  # a bug in the loop itself: end the session, loudly
             self._failure = exc
         finally:
@@ -218,6 +240,29 @@ class Session:
                 reply = None if exc.unique is None else pack_error(exc.unique, exc.errno)
             else:
                 reply = self._answer(request)
+        if reply is not None:
+            self._send(reply)
+
+    def _request_pipe(self) -> RequestPipe | None:
+        """A pipe to receive requests through (splice tier), or None to read them."""
+        try:
+            return RequestPipe(self.negotiated.max_write)
+        except SpliceError as exc:
+            with self._lock:
+                self.stats.record_fallback(exc.reason)
+            return None
+
+    def _handle_spliced_write(self, buf: bytearray, pipe: RequestPipe, payload: int) -> None:
+        """Answer a WRITE whose headers are in `buf` and whose payload is in `pipe`."""
+        header = InHeader(*abi.IN_HEADER.unpack_from(buf))
+        body = WriteIn(*abi.WRITE_IN.unpack_from(buf, abi.IN_HEADER.size), PipedPayload(pipe, payload))
+        with self._lock:
+            if body.size == payload and header.length == WRITE_HEADERS + payload:
+                reply = self._answer(Request(header, body))
+            else:
+                log.warning("malformed request: WRITE of size %d carries %d bytes", body.size, payload)
+                reply = pack_error(header.unique, errno.EINVAL)
+        pipe.settle()  # whatever happened, the next request must find the pipe empty
         if reply is not None:
             self._send(reply)
 
@@ -286,7 +331,8 @@ class Session:
             # FUSE_POSIX_ACL would turn the kernel's permission checks back on.
             want &= ~abi.FUSE_POSIX_ACL
         wishes = Wishes(
-            want=want, max_pages=_MAX_PAGES, max_write=_MAX_PAGES * 4096,
+            want=want | (abi.FUSE_WRITEBACK_CACHE if self.config.fs.writeback_cache else 0),
+            max_pages=_MAX_PAGES, max_write=_MAX_PAGES * 4096,
             passthrough=self.tiers.best_tier == "passthrough",
             max_stack_depth=_stack_depth(self.config.backing))
         neg = negotiate(request.body, wishes)
@@ -494,8 +540,25 @@ class Session:
 
     async def _write(self, request: Request) -> bytes:
         b = request.body
-        written = await self.ops.write(b.fh, b.offset, b.data, self._context(request),
-                                       kill_setid=bool(b.write_flags & abi.FUSE_WRITE_KILL_SUIDGID))
+        ctx = self._context(request)
+        kill_setid = bool(b.write_flags & abi.FUSE_WRITE_KILL_SUIDGID)
+        if isinstance(b.data, PipedPayload):
+            try:
+                fd = self.ops.write_fd(b.fh, ctx, kill_setid)
+            except OSError as exc:
+                raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+            try:
+                written = await self._run_unlocked(splice_write, b.data.pipe, fd, b.offset, b.size)
+            except SpliceError as exc:
+                # Not a byte moved: the payload is whole in the pipe; copy it.
+                self.stats.record_fallback(exc.reason)
+                data = b.data.pipe.read_payload(b.size)
+            else:
+                self.stats.record_data("write", "splice", written)
+                return pack_write_out(request.unique, written)
+        else:
+            data = b.data
+        written = await self.ops.write(b.fh, b.offset, data, ctx, kill_setid=kill_setid)
         self.stats.record_data("write", "copy", written)
         return pack_write_out(request.unique, written)
 
@@ -667,12 +730,13 @@ _CAPABILITIES = (
     # We clear set-id bits (fs._kill_setid), so write(2) stops asking for
     # security.capability before every write.
     "HANDLE_KILLPRIV_V2",
-    "INIT_EXT", "PASSTHROUGH",
+    "INIT_EXT", "PASSTHROUGH", "WRITEBACK_CACHE",
 )
 _WANT = 0
-for _name in _CAPABILITIES[:-1]:
+for _name in _CAPABILITIES[:-2]:  # passthrough and the writeback cache only when chosen
     _WANT |= getattr(abi, "FUSE_" + _name)
-# 255 pages: a 1 MiB pipe then holds a whole READ reply and its header's page.
+# 255 pages: a 1 MiB pipe then holds a whole READ reply or WRITE request
+# and its header's page.
 _MAX_PAGES = 255
 
 
