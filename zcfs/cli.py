@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["stats"]:
         from .statscli import main as stats_main
         return stats_main(argv[1:])
+    if argv[:1] == ["bench"]:
+        from .bench.command import main as bench_main
+        return bench_main(argv[1:])
     try:
         config, ns = parse_args(argv)
     except UsageError as exc:

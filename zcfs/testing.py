@@ -79,14 +79,19 @@ def start_mount(backing: Path, mountpoint: Path, mode: str, options: list[str] =
 
 def stop_mount(mount: Mount) -> None:
     """Unmount and end the daemon we started (by its PID only)."""
-    if mount_is_listed(mount.path):
-        if subprocess.run(["fusermount3", "-u", str(mount.path)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount.path)], capture_output=True)
+    unmount(mount.path)
     try:
         mount.process.wait(timeout=10)
     except subprocess.TimeoutExpired:
         mount.process.kill()
         mount.process.wait()
+
+
+def unmount(path: Path) -> None:
+    """Unmount whatever is mounted at `path` (fusermount3, else a lazy umount)."""
+    if mount_is_listed(path):
+        if subprocess.run(["fusermount3", "-u", str(path)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 def mount_is_listed(path: Path) -> bool:
