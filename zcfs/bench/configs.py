@@ -128,9 +128,10 @@ def open_target(config: Configuration, backing: Path, mountpoint: Path, log: Pat
 
 def _mount_zcfs(config: Configuration, backing: Path, mountpoint: Path, log: Path) -> Target:
     try:
-        mount = start_mount(backing, mountpoint, config.mode, log=log)
-    except RuntimeError as exc:
-        raise MountFailed(_first_line(str(exc))) from None
+        with open(log, "ab") as errors:  # what the daemon says before its logging starts (a refused option)
+            mount = start_mount(backing, mountpoint, config.mode, log=log, stderr=errors)
+    except RuntimeError:
+        raise MountFailed(f"zcfs did not mount: {_last_line(log)}") from None
     if "-passthrough" in config.mode and mount.notes:  # the daemon fell back: this tier is not here
         stop_mount(mount)
         raise MountFailed(f"passthrough is not available here: {mount.notes[0]}")
@@ -204,10 +205,6 @@ def set_read_ahead(mountpoint: Path, kib: int = READ_AHEAD_KB) -> int | None:
         return int(knob.read_text())
     except (OSError, ValueError):
         return None
-
-
-def _first_line(text: str) -> str:
-    return (text.strip().splitlines() or ["no message"])[0]
 
 
 def _last_line(path: Path) -> str:

@@ -41,7 +41,7 @@ def _cpu_text(row: dict) -> str:
 def _paths_text(row: dict) -> str:
     shares = row["path_shares"]
     if not shares:
-        return "no data requests" if row["paths"] is not None else ""
+        return "no READ/WRITE requests" if row["paths"] is not None else ""
     return " ".join(f"{tier} {share:.0%}" for tier, share in shares.items() if share)
 
 
