@@ -157,21 +157,33 @@ def _mount_compare(config: Configuration, backing: Path, mountpoint: Path, log: 
             process.wait()
             raise MountFailed(f"{config.name}: nothing was mounted within {MOUNT_TIMEOUT:.0f} s")
         time.sleep(0.02)
-    pid = process.pid if process.poll() is None else _find_daemon(mountpoint)
-    return CompareTarget(mountpoint, process, pid)
+    return CompareTarget(mountpoint, process, _daemon_pid(process, mountpoint))
 
 
-def _find_daemon(mountpoint: Path) -> int | None:
-    """The PID of the process whose command line names `mountpoint` (a daemonized FUSE server)."""
+def _daemon_pid(process: subprocess.Popen, mountpoint: Path, settle: float = 1.0) -> int | None:
+    """The PID serving the mount: a child the command forked (it names the mountpoint on its command
+    line, as it inherited it), else the command itself if it stays running (a foreground server)."""
+    deadline = time.monotonic() + settle
+    while True:
+        forked = _find_daemon(mountpoint, exclude=process.pid)
+        if forked is not None:
+            return forked
+        if time.monotonic() > deadline:
+            return process.pid if process.poll() is None else None
+        time.sleep(0.02)
+
+
+def _find_daemon(mountpoint: Path, exclude: int) -> int | None:
+    """A live process other than `exclude` (and us) whose command line names `mountpoint`."""
     wanted = os.fsencode(str(mountpoint))
     for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
+        if not entry.isdigit() or int(entry) in (os.getpid(), exclude):
             continue
         try:
             argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if wanted in argv:
+        if wanted in argv:  # a zombie's cmdline is empty
             return int(entry)
     return None
 

@@ -38,6 +38,10 @@ def _cpu_text(row: dict) -> str:
     return ""
 
 
+def _rss_text(row: dict) -> str:
+    return f"{row['daemon_rss_mib']:.0f} MiB" if row["daemon_rss_mib"] is not None else ""
+
+
 def _paths_text(row: dict) -> str:
     shares = row["path_shares"]
     if not shares:
@@ -55,7 +59,7 @@ def table(doc: dict) -> str:
         if config["error"]:
             lines.append(f"{config['name']}: not measured: {config['error']}")
     header = f"{'workload':<20}{'configuration':<26}{'median':>16}{'spread':>8}{'vs direct':>15}" \
-             f"{'daemon CPU':>15}  paths"
+             f"{'daemon CPU':>15}{'RSS':>9}  paths"
     lines += ["", header, "-" * len(header)]
     previous = None
     for row in doc["results"]:
@@ -67,7 +71,8 @@ def table(doc: dict) -> str:
             lines.append(f"{name:<20}{row['configuration']:<26}  failed: {row['error']}")
             continue
         lines.append(f"{name:<20}{row['configuration']:<26}{_value_text(row):>16}{_spread_text(row):>8}"
-                     f"{ratio_text(row['ratio']):>15}{_cpu_text(row):>15}  {_paths_text(row)}".rstrip())
+                     f"{ratio_text(row['ratio']):>15}{_cpu_text(row):>15}{_rss_text(row):>9}"
+                     f"  {_paths_text(row)}".rstrip())
     return "\n".join(lines)
 
 
