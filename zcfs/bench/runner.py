@@ -162,6 +162,8 @@ class _Bench:
                 _count_paths(cell, before, after)
         except WorkloadError as exc:
             cell.error = str(exc)
+        except OSError as exc:  # a syscall of the workload itself (a peer that died: ENOTCONN)
+            cell.error = f"{workload.name}: {exc.strerror or exc}"
         finally:
             if fresh:
                 target.close()

@@ -324,10 +324,13 @@ def _sqlite(ctx: Context, mode: str) -> Measure:
     name = f"sqlite-{ctx.tag}.db"
     path = ctx.root / name
     count = ctx.scale.sqlite_inserts
-    db = sqlite3.connect(path, isolation_level=None)
-    db.execute(f"PRAGMA journal_mode={mode}")
-    db.execute("CREATE TABLE t (writer TEXT, n INTEGER, payload TEXT)")
-    db.close()
+    try:
+        db = sqlite3.connect(path, isolation_level=None)
+        db.execute(f"PRAGMA journal_mode={mode}")
+        db.execute("CREATE TABLE t (writer TEXT, n INTEGER, payload TEXT)")
+        db.close()
+    except sqlite3.Error as exc:
+        raise WorkloadError(f"sqlite: {exc}") from None
 
     def action() -> None:
         writers = [subprocess.Popen([sys.executable, "-c", _SQLITE_WRITER, str(path), mode, str(count), str(w)],
