@@ -21,11 +21,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
 
 from ..testing import mount_is_listed, unmount
 from .configs import READ_AHEAD_KB, Configuration, MountFailed, Target, open_target
-from .workloads import DATASETS, MiB, Context, Measure, Scale, Workload, WorkloadError
+from .workloads import DATASETS, Context, Measure, Scale, Workload, WorkloadError
 
 
 @dataclasses.dataclass
