@@ -21,7 +21,7 @@ log = logging.getLogger("zcfs")
 
 
 # `zcfs NAME ...` runs the module's main(argv) instead of mounting.
-SUBCOMMANDS = {"stats": "zcfs.statscli"}
+SUBCOMMANDS = {"stats": "zcfs.statscli", "bench": "zcfs.bench.command"}
 
 
 def build_parser() -> argparse.ArgumentParser:

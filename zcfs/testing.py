@@ -59,8 +59,9 @@ def mode_args(mode: str) -> list[str]:
 
 
 def start_mount(backing: Path, mountpoint: Path, mode: str, options: list[str] = (), log: Path | None = None,
-                extra_args: list[str] = ()) -> Mount:
-    """Start a foreground daemon and wait until its mount is ready (`extra_args`: more zcfs options)."""
+                extra_args: list[str] = (), stderr=None) -> Mount:
+    """Start a foreground daemon and wait until its mount is ready (`extra_args`: more zcfs options;
+    `stderr`: where the daemon's own stderr goes, default ours)."""
     log = log or mountpoint.parent / f"{mountpoint.name}.log"
     read_end, write_end = os.pipe()
     args = [sys.executable, "-m", "zcfs", str(backing), str(mountpoint), "-f",
@@ -68,7 +69,7 @@ def start_mount(backing: Path, mountpoint: Path, mode: str, options: list[str] =
     for opt in options:
         args += ["-o", opt]
     args += extra_args
-    process = subprocess.Popen(args, pass_fds=(write_end,), stdin=subprocess.DEVNULL)
+    process = subprocess.Popen(args, pass_fds=(write_end,), stdin=subprocess.DEVNULL, stderr=stderr)
     os.close(write_end)
     notes = []
     with os.fdopen(read_end, "rb") as status:
@@ -83,14 +84,19 @@ def start_mount(backing: Path, mountpoint: Path, mode: str, options: list[str] =
 
 def stop_mount(mount: Mount) -> None:
     """Unmount and end the daemon we started (by its PID only)."""
-    if mount_is_listed(mount.path):
-        if subprocess.run(["fusermount3", "-u", str(mount.path)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount.path)], capture_output=True)
+    unmount(mount.path)
     try:
         mount.process.wait(timeout=10)
     except subprocess.TimeoutExpired:
         mount.process.kill()
         mount.process.wait()
+
+
+def unmount(path: Path) -> None:
+    """Unmount whatever is mounted at `path` (fusermount3, else a lazy umount)."""
+    if mount_is_listed(path):
+        if subprocess.run(["fusermount3", "-u", str(path)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 def mount_is_listed(path: Path) -> bool:

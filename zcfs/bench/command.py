@@ -1,0 +1,149 @@
+"""`zcfs bench [DIR]`: the command line.
+
+    zcfs bench [DIR] [--suite default|meta] [--quick] [--workloads A,B] [--configs A,B]
+               [--compare 'NAME=COMMAND {backing} {mountpoint}'] [--json] [--output DIR]
+
+Exit status: 0 measured (a configuration that could not mount is reported
+as failed in the results), 1 the benchmark could not run (a --compare
+command that does not mount, a missing tool), 2 a usage error, 130
+interrupted (everything it made is removed first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from ..usage import ArgumentParser
+from ..mount import UsageError
+from . import report
+from .configs import DIRECT, MountFailed, parse_compare, zcfs
+from .runner import run_bench
+from .workloads import SCALES, WORKLOADS
+
+CONFIGURATIONS = {c.name: c for c in [
+    DIRECT,
+    zcfs("pyfuse3", "pyfuse3"),
+    zcfs("native-off", "native-off"),
+    zcfs("native-splice", "native-splice"),
+    zcfs("native-splice+direct_io", "native-splice+direct_io"),
+    zcfs("native-passthrough", "native-passthrough"),
+    zcfs("native", "native-auto"),
+    zcfs("native+cache=always", "native-auto+cache=always"),
+]}
+
+# A suite: the workloads it runs and the configurations it compares (direct access always included).
+SUITES = {
+    "default": (
+        ["seqread-warm", "seqread-cold", "randread-4k", "randread-4k-4jobs", "seqwrite", "syncwrite-4k",
+         "cp-large", "create-stat-unlink", "cat-small", "tar-c", "git-status-cold", "git-status-warm"],
+        ["direct", "pyfuse3", "native-off", "native-splice", "native-splice+direct_io", "native-passthrough"],
+    ),
+    "meta": (
+        ["cat-small", "git-status-cold", "git-status-warm", "git-grep-cold", "git-grep-warm", "untar", "rm-rf",
+         "tar-c", "find-cold", "ls-lR-cold", "sqlite-journal", "sqlite-wal"],
+        ["direct", "pyfuse3", "native", "native+cache=always"],
+    ),
+}
+MILLION = ["million-find-cold", "million-du"]
+TOOLS = {"fio": "fio", "git": "git", "tar": "tar", "dd": "coreutils", "xargs": "findutils"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog="zcfs bench",
+                     description="Measure zcfs against direct access (and other FUSE filesystems) on this machine.")
+    parser.add_argument("dir", nargs="?", help="where to put the test data (its filesystem is the one measured); "
+                                               "default: a temporary directory")
+    parser.add_argument("--suite", choices=SUITES, default="default",
+                        help="default: data and metadata workloads over every read tier; "
+                             "meta: small files, git, untar, find, sqlite over both engines and cache=always")
+    parser.add_argument("--quick", action="store_true", help="small data sets, 3 rounds: under two minutes")
+    parser.add_argument("--scale", choices=SCALES, help="data set sizes (default full, quick with --quick)")
+    parser.add_argument("--rounds", type=int, help="rounds per workload (default 5, 3 with --quick)")
+    parser.add_argument("--workloads", metavar="A,B", help=f"run these instead of the suite's: {', '.join(WORKLOADS)}")
+    parser.add_argument("--configs", metavar="A,B",
+                        help=f"compare these zcfs configurations instead of the suite's: "
+                             f"{', '.join(n for n in CONFIGURATIONS if n != 'direct')}")
+    parser.add_argument("--compare", action="append", default=[], metavar="'NAME=COMMAND {backing} {mountpoint}'",
+                        help="also measure another FUSE filesystem, mounted by this command (repeatable)")
+    parser.add_argument("--million", action="store_true",
+                        help="meta suite: also walk 1,000 directories x 1,000 files (slow)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
+    parser.add_argument("--output", metavar="DIR", default=".",
+                        help="write zcfs-bench-SUITE.json and .png here (default: the current directory)")
+    parser.add_argument("--no-chart", action="store_true", help="do not draw the PNG chart")
+    return parser
+
+
+def _names(text: str, known, what: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise UsageError(f"unknown {what} {', '.join(map(repr, unknown)) or repr(text)} "
+                         f"(known: {', '.join(known)})")
+    return names
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line, checked; UsageError says what is wrong."""
+    ns = build_parser().parse_args(argv)
+    suite_workloads, suite_configs = SUITES[ns.suite]
+    ns.workload_list = [WORKLOADS[n] for n in (_names(ns.workloads, WORKLOADS, "workload") if ns.workloads
+                                               else suite_workloads + (MILLION if ns.million else []))]
+    configs = _names(ns.configs, CONFIGURATIONS, "configuration") if ns.configs else suite_configs
+    ns.config_list = [DIRECT] + [CONFIGURATIONS[n] for n in configs if n != "direct"]
+    for spec in ns.compare:
+        try:
+            peer = parse_compare(spec)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if any(c.name == peer.name for c in ns.config_list):
+            raise UsageError(f"--compare {peer.name}: that name is taken")
+        ns.config_list.append(peer)
+    ns.scale_name = ns.scale or ("quick" if ns.quick else "full")
+    ns.rounds = ns.rounds if ns.rounds is not None else 3 if ns.quick else 5
+    if ns.rounds < 1:
+        raise UsageError(f"--rounds needs at least 1, not {ns.rounds}")
+    if ns.dir is not None and not Path(ns.dir).is_dir():
+        raise UsageError(f"DIR is not a directory: {ns.dir}")
+    if not Path(ns.output).is_dir():
+        raise UsageError(f"--output is not a directory: {ns.output}")
+    return ns
+
+
+def _check_tools() -> None:
+    missing = [f"{tool} (package {package})" for tool, package in TOOLS.items() if shutil.which(tool) is None]
+    if missing:
+        raise UsageError(f"missing {', '.join(missing)}: run scripts/setup.sh")
+
+
+def main(argv: list[str]) -> int:
+    try:
+        ns = parse_args(argv)
+        _check_tools()
+    except UsageError as exc:
+        print(f"zcfs bench: {exc}", file=sys.stderr)
+        return 2
+    try:
+        doc = run_bench(ns.config_list, ns.workload_list, SCALES[ns.scale_name], ns.rounds,
+                        Path(ns.dir) if ns.dir else None, suite=ns.suite, scale_name=ns.scale_name)
+    except MountFailed as exc:
+        print(f"zcfs bench: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("zcfs bench: interrupted; its mounts and test data are removed", file=sys.stderr)
+        return 130
+    stem = Path(ns.output) / f"zcfs-bench-{ns.suite}"
+    stem.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n")
+    print(json.dumps(doc, indent=1) if ns.json else report.table(doc))
+    if not ns.no_chart:
+        try:
+            report.chart(doc, stem.with_suffix(".png"))
+        except ImportError:
+            print("zcfs bench: no chart: matplotlib is not installed (scripts/setup.sh installs it)",
+                  file=sys.stderr)
+    return 0
+

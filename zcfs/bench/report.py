@@ -1,0 +1,111 @@
+"""Show a results document: the table for people, the PNG chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def describe(doc: dict) -> str:
+    m, s = doc["machine"], doc["settings"]
+    return (f"Linux {m['kernel']}, {m['cpus']} CPUs ({m['cpu_model']}), backing {m['backing_fs']}; "
+            f"suite {doc['suite']}, scale {s['scale']}, {s['rounds']} rounds")
+
+
+def ratio_text(ratio: float | None) -> str:
+    """Speed relative to direct access; far below 1 also as "N× slower", which reads better."""
+    if ratio is None:
+        return "-"
+    return f"{ratio:.2f}" if ratio >= 0.5 else f"{ratio:.2f} ({1 / ratio:.0f}x)"
+
+
+def _value_text(row: dict) -> str:
+    value, unit = row["value"], row["unit"]
+    if unit == "s":
+        return f"{value:.3f} s" if value < 10 else f"{value:.1f} s"
+    return f"{value:,.0f} {unit}"
+
+
+def _spread_text(row: dict) -> str:
+    low, high = row["spread"]
+    return f"±{(high - low) / 2 / row['value'] * 100:.0f}%" if row["value"] else "-"
+
+
+def _cpu_text(row: dict) -> str:
+    if row["cpu_s_per_gib"] is not None:
+        return f"{row['cpu_s_per_gib']:.2f} s/GiB"
+    if row["daemon_cpu_s"] is not None:
+        return f"{row['daemon_cpu_s']:.2f} s"
+    return ""
+
+
+def _rss_text(row: dict) -> str:
+    return f"{row['daemon_rss_mib']:.0f} MiB" if row["daemon_rss_mib"] is not None else ""
+
+
+def _paths_text(row: dict) -> str:
+    shares = row["path_shares"]
+    if not shares:
+        return "no READ/WRITE requests" if row["paths"] is not None else ""
+    return " ".join(f"{tier} {share:.0%}" for tier, share in shares.items() if share)
+
+
+def table(doc: dict) -> str:
+    """The results as a text table, one block of rows per workload."""
+    lines = [describe(doc)]
+    if doc["read_ahead_note"]:
+        lines.append(doc["read_ahead_note"])
+    lines.append(f"cold reads: {doc['machine']['cold_cache']}")
+    for config in doc["configurations"]:
+        if config["error"]:
+            lines.append(f"{config['name']}: not measured: {config['error']}")
+    header = f"{'workload':<20}{'configuration':<26}{'median':>16}{'spread':>8}{'vs direct':>15}" \
+             f"{'daemon CPU':>15}{'RSS':>9}  paths"
+    lines += ["", header, "-" * len(header)]
+    previous = None
+    for row in doc["results"]:
+        if row["error"] and any(c["name"] == row["configuration"] and c["error"] for c in doc["configurations"]):
+            continue  # said once above
+        name = row["workload"] if row["workload"] != previous else ""
+        previous = row["workload"]
+        if row["value"] is None:
+            lines.append(f"{name:<20}{row['configuration']:<26}  failed: {row['error']}")
+            continue
+        lines.append(f"{name:<20}{row['configuration']:<26}{_value_text(row):>16}{_spread_text(row):>8}"
+                     f"{ratio_text(row['ratio']):>15}{_cpu_text(row):>15}{_rss_text(row):>9}"
+                     f"  {_paths_text(row)}".rstrip())
+    return "\n".join(lines)
+
+
+def chart(doc: dict, path: Path) -> None:
+    """Write a PNG: one panel per workload group, a bar per configuration, speed relative to direct."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    configs = [c["name"] for c in doc["configurations"] if c["kind"] != "direct" and not c["error"]]
+    groups: dict[str, list[str]] = {}
+    for w in doc["workloads"]:
+        groups.setdefault(w["group"], []).append(w["name"])
+    ratio = {(r["workload"], r["configuration"]): r["ratio"] for r in doc["results"]}
+    widths = [max(len(names), 1) for names in groups.values()]
+    fig, axes = plt.subplots(1, len(groups), figsize=(2.2 + 1.3 * sum(widths), 4.6),
+                             gridspec_kw={"width_ratios": widths}, squeeze=False)
+    colors = plt.get_cmap("tab10").colors
+    bar = 0.8 / max(len(configs), 1)
+    for ax, (group, names) in zip(axes[0], groups.items()):
+        for k, config in enumerate(configs):
+            xs = [i - 0.4 + bar * (k + 0.5) for i in range(len(names))]
+            ys = [ratio.get((name, config)) or 0 for name in names]
+            ax.bar(xs, ys, bar, color=colors[k % len(colors)], label=config)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_yscale("log")
+        ax.set_title(group)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        ax.grid(axis="y", which="both", alpha=0.3)
+    axes[0][0].set_ylabel("speed relative to direct access (1 = direct)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=min(len(configs), 6), fontsize=8, frameon=False)
+    fig.suptitle(describe(doc), fontsize=8, y=0.02, va="bottom")
+    fig.tight_layout(rect=(0, 0.05, 1, 0.92))
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
