@@ -33,17 +33,10 @@ from typing import Callable, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from zcfs.statscli import read_stats  # noqa: E402
-from zcfs.testing import Mount, evict_page_cache, start_mount, stop_mount  # noqa: E402
+from zcfs.testing import Mount, cpu_seconds, evict_page_cache, start_mount, stop_mount  # noqa: E402
 
 MODE = "native-splice"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 UNCACHED = "entry_timeout=0,attr_timeout=0"
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 @contextlib.contextmanager

@@ -33,8 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench_read import cpu_seconds, sha256  # noqa: E402  (scripts/ is on sys.path)
-from zcfs.testing import Mount, mount_is_listed, start_mount, stop_mount  # noqa: E402
+from zcfs.testing import Mount, cpu_seconds, mount_is_listed, sha256, start_mount, stop_mount  # noqa: E402
 
 MODES = ["native-off", "native-splice", "native-splice+writeback_cache", "pyfuse3", "native-auto"]
 LABELS = {"native-off": "native, copy tier", "native-splice": "native, splice tier",

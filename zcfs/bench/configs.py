@@ -16,10 +16,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from ..testing import Mount, mount_is_listed, start_mount, stop_mount, unmount
+from ..testing import Mount, cpu_seconds, mount_is_listed, start_mount, stop_mount, unmount
 
 READ_AHEAD_KB = 2040  # what the native engine sets on its own mounts; every mount gets the same
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_MIB = os.sysconf("SC_PAGE_SIZE") / (1 << 20)
 MOUNT_TIMEOUT = 30.0
 
@@ -70,11 +69,12 @@ class Target:
 
     def daemon_cpu(self) -> float | None:
         """User + system CPU seconds of the daemon so far (all its threads), or None."""
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, TypeError):
+        if self.pid is None:
             return None
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        try:
+            return cpu_seconds(self.pid)
+        except OSError:
+            return None
 
     def daemon_rss_mib(self) -> float | None:
         try:
