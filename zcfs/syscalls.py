@@ -16,6 +16,17 @@ UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
 
 
+class _Now:
+    """The time of the call, for `utimens_empty` (no nanosecond count can mean it:
+    UTIME_NOW itself, 2**30 - 1 ns, is a valid time of 1.073741823 s)."""
+
+    def __repr__(self) -> str:
+        return "NOW"
+
+
+NOW = _Now()
+
+
 class _Timespec(ctypes.Structure):
     _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
 
@@ -40,14 +51,13 @@ def fchown_empty(fd: int, uid: int, gid: int) -> None:
 def utimens_empty(fd: int, atime_ns: int | None, mtime_ns: int | None) -> None:
     """Set atime/mtime of the object an O_PATH fd refers to.
 
-    None leaves a time unchanged (UTIME_OMIT); the caller passes "now" as
-    a resolved nanosecond value or uses UTIME_NOW via `utimens_now`.
+    None leaves a time unchanged (UTIME_OMIT); `NOW` sets the time of the call.
     """
     times = (_Timespec * 2)()
     for slot, value in zip(times, (atime_ns, mtime_ns)):
         if value is None:
             slot.tv_sec, slot.tv_nsec = 0, UTIME_OMIT
-        elif value == UTIME_NOW:
+        elif value is NOW:
             slot.tv_sec, slot.tv_nsec = 0, UTIME_NOW
         else:
             slot.tv_sec, slot.tv_nsec = divmod(value, 1_000_000_000)

@@ -522,3 +522,20 @@ def test_fifo_and_sockets_between_processes(mnt):
         os.unlink(mnt.path / name)
     assert os.listdir(mnt.backing) == []
     assert_daemon_healthy(mnt)
+
+
+def test_a_time_equal_to_utime_now_is_kept(mnt):
+    """1.073741823 s is 2**30 - 1 ns, the number UTIME_NOW stands for in a timespec's
+    nanoseconds: a caller who sets exactly that time gets it, not the time of the call."""
+    path = mnt.path / "f"
+    path.write_bytes(b"")
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.utime(fd, ns=((1 << 30) - 1, (1 << 30) - 1))
+        assert (os.fstat(fd).st_atime_ns, os.fstat(fd).st_mtime_ns) == ((1 << 30) - 1, (1 << 30) - 1)
+    finally:
+        os.close(fd)
+    os.utime(path, ns=(5, (1 << 30) - 1))
+    assert os.stat(mnt.backing / "f").st_mtime_ns == (1 << 30) - 1
+    os.utime(path)  # and "now" still means now
+    assert os.stat(mnt.backing / "f").st_mtime_ns > 10**18

@@ -411,9 +411,9 @@ class Session:
         )
         attr = types.SimpleNamespace(
             st_mode=body.mode, st_uid=body.uid, st_gid=body.gid, st_size=body.size,
-            st_atime_ns=syscalls.UTIME_NOW if valid & abi.FATTR_ATIME_NOW
+            st_atime_ns=syscalls.NOW if valid & abi.FATTR_ATIME_NOW
             else body.atime * 1_000_000_000 + body.atimensec,
-            st_mtime_ns=syscalls.UTIME_NOW if valid & abi.FATTR_MTIME_NOW
+            st_mtime_ns=syscalls.NOW if valid & abi.FATTR_MTIME_NOW
             else body.mtime * 1_000_000_000 + body.mtimensec,
         )
         fh = body.fh if valid & abi.FATTR_FH else None
