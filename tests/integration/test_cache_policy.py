@@ -22,14 +22,19 @@ def _listing_requests(mount) -> int:
     return _count(mount, "READDIR", "READDIRPLUS")
 
 
-def test_cache_never_asks_for_every_stat(mode, mount_factory):
-    mount = mount_factory(mode, options=["cache=never"])
+def _assert_every_stat_asks(mount) -> None:
+    """Three stats of a file after the first: each reaches the daemon."""
     (mount.backing / "f").write_bytes(b"x")
     os.stat(mount.path / "f")
     before = _count(mount, "LOOKUP", "GETATTR")
     for _ in range(3):
         os.stat(mount.path / "f")
     assert _count(mount, "LOOKUP", "GETATTR") >= before + 3
+
+
+def test_cache_never_asks_for_every_stat(mode, mount_factory):
+    mount = mount_factory(mode, options=["cache=never"])
+    _assert_every_stat_asks(mount)
 
 
 def test_cache_never_sees_backing_changes_at_once(mode, mount_factory):
@@ -81,12 +86,7 @@ def test_cache_always_keeps_listings_and_sees_its_own_changes(mode, mount_factor
 def test_explicit_timeouts_refine_a_policy(mode, mount_factory):
     # entry/attr timeouts of 0 beside cache=always: every stat asks again.
     mount = mount_factory(mode, options=["entry_timeout=0,cache=always,attr_timeout=0"])
-    (mount.backing / "f").write_bytes(b"x")
-    os.stat(mount.path / "f")
-    before = _count(mount, "LOOKUP", "GETATTR")
-    for _ in range(3):
-        os.stat(mount.path / "f")
-    assert _count(mount, "LOOKUP", "GETATTR") >= before + 3
+    _assert_every_stat_asks(mount)
     options = mount.stats()["options"]
     assert (options["cache"], options["entry_timeout"], options["negative_timeout"]) == ("always", 0, 86400)
 
