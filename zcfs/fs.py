@@ -706,8 +706,9 @@ def _caller_umask(ctx: Any) -> Iterator[None]:
 
     The native engine gets the mode unmasked (FUSE_DONT_MASK) and the umask
     beside it. The daemon's own umask is 0 (cli.py), and nothing else
-    creates files meanwhile: namespace requests run one at a time on the
-    event loop, and worker threads only read and write open files.
+    creates files meanwhile: namespace requests run one at a time (under the
+    native session's lock, or on pyfuse3's loop), and what runs beside them
+    (`run_blocking`) only reads and writes open files.
     """
     old = os.umask(ctx.umask)
     try:

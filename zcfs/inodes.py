@@ -187,7 +187,7 @@ class _HandleCodec:
 class InodeTable:
     """Maps node ids and backing identities to inodes.
 
-    Not thread-safe: it is only touched from the event loop.
+    Not thread-safe: it is only touched under the native session's lock, or on pyfuse3's loop.
     """
 
     def __init__(self, root_fd: int, max_fds: int | None = None) -> None:

@@ -2,8 +2,8 @@
 
 Engines report events (`record_*`); anyone reads `statistics()`, a plain
 dict snapshot (the documented JSON shape, see README). Counters are plain
-ints touched from one thread at a time (the event loop, or a worker thread
-under the GIL for `record_data`), cheap enough to stay always on.
+ints touched from one thread at a time (under the native session's lock, or
+on pyfuse3's loop), cheap enough to stay always on.
 ZCFS_NO_STATS=1 in the daemon's environment turns recording off, only to
 measure what it costs (scripts/bench_stats_overhead.py).
 """

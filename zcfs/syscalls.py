@@ -77,7 +77,8 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
 MAX_HANDLE_SZ = 128
 _HANDLE_HEADER = 8  # struct file_handle: handle_bytes (u32), handle_type (i32)
 # name_to_handle runs on every LOOKUP: one buffer and a typed function save
-# half its cost. Not reentrant: only the event loop calls it.
+# half its cost. Not reentrant: only called under the native session's lock
+# (or on pyfuse3's loop).
 _handle_buffer = (ctypes.c_ubyte * (_HANDLE_HEADER + MAX_HANDLE_SZ))()
 _handle_view = memoryview(_handle_buffer)
 _mount_id = ctypes.c_int()
