@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import stat
 import subprocess
 from pathlib import Path
 
