@@ -114,6 +114,10 @@ class Session:
         self._buffer_size = abi.FUSE_MIN_READ_BUFFER
         # Held while a request touches the filesystem's state; see run_blocking.
         self._lock = threading.Lock()
+        # One big WRITE at a time per backing fd: the writeback cache sends
+        # several for one file at once, and threads spinning on its inode lock
+        # cost a fifth of the daemon's CPU (perf); waiting here costs none.
+        self._write_locks: dict[int, threading.Lock] = {}
         ops.run_blocking = self._run_unlocked
         self._stopping = False
         self._wake_r, self._wake_w = -1, -1
@@ -548,7 +552,7 @@ class Session:
             except OSError as exc:
                 raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
             try:
-                written = await self._run_unlocked(splice_write, b.data.pipe, fd, b.offset, b.size)
+                written = await self._run_unlocked(self._serial_write, b.data.pipe, fd, b.offset, b.size)
             except SpliceError as exc:
                 # Not a byte moved: the payload is whole in the pipe; copy it.
                 self.stats.record_fallback(exc.reason)
@@ -561,6 +565,12 @@ class Session:
         written = await self.ops.write(b.fh, b.offset, data, ctx, kill_setid=kill_setid)
         self.stats.record_data("write", "copy", written)
         return pack_write_out(request.unique, written)
+
+    def _serial_write(self, pipe: RequestPipe, fd: int, offset: int, size: int) -> int:
+        """splice_write, after the WRITEs already splicing into `fd` (fd numbers
+        are reused, so the locks stay as many as the fd table allows)."""
+        with self._write_locks.setdefault(fd, threading.Lock()):
+            return splice_write(pipe, fd, offset, size)
 
     async def _flush(self, request: Request) -> bytes:
         await self.ops.flush(request.body.fh)
