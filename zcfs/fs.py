@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 STATS_XATTR = b"user.zcfs.stats"  # read on the mount root: the stats channel
 STATS_XATTR_SIZE = 65536  # its value's constant size: XATTR_SIZE_MAX, the JSON then spaces
 ACL_ACCESS_XATTR = b"system.posix_acl_access"
+# Asked for every file `ls -l` lists (libselinux's lgetfilecon). A host with
+# SELinux answers it in its own LSM and never sends it here.
+SELINUX_XATTR = b"security.selinux"
 DOT_NAMES = (b".", b"..")  # listed first in every directory
 _DT_DIR = stat.S_IFDIR >> 12
 
@@ -673,7 +676,16 @@ class ZcfsOperations(pyfuse3.Operations):
             # Always the largest size, so the size a caller asks for first
             # still fits the value a moment later, however the counters grew.
             return self.stats.json().encode().ljust(STATS_XATTR_SIZE)
-        return os.getxattr(self._xattr_path(inode), name)
+        try:
+            return os.getxattr(self._xattr_path(inode), name)
+        except OSError as exc:
+            if exc.errno == errno.ENODATA and name == SELINUX_XATTR:
+                # "Not supported" rather than "no such attribute": ls (and
+                # anything using libselinux's caches) stops asking per file
+                # for the rest of the mount, a round trip per listed file.
+                # A label that is set is still read and listed.
+                raise pyfuse3.FUSEError(errno.EOPNOTSUPP) from None
+            raise
 
     @_errors
     async def listxattr(self, inode: int, ctx: Any = None) -> list[bytes]:

@@ -6,7 +6,11 @@ journey; these tests pin the ones the daemon can avoid.
 
 from __future__ import annotations
 
+import errno
 import os
+import subprocess
+
+import pytest
 
 
 def _count(mount, opcode: str) -> int:
@@ -38,3 +42,38 @@ def test_close_sends_no_flush_on_a_local_backing_filesystem(mode, mount_factory)
             f.write(b"data")
     assert _count(mount, "FLUSH") <= 1
     assert all((mount.backing / f"f{i}").read_bytes() == b"data" for i in range(20))
+
+
+def test_ls_l_asks_once_for_selinux_labels_the_files_do_not_have(mode, mount_factory):
+    """ls -l asks every file for security.selinux, and stops asking on a device
+    that says labels are unsupported. Unlabeled files say so, so a listing
+    costs one GETXATTR per file (the ACL probe), not two."""
+    mount = mount_factory(mode)
+    for i in range(60):
+        (mount.backing / f"f{i:02d}").write_bytes(b"x")
+    os.stat(mount.path)
+    before = _count(mount, "GETXATTR")
+    listing = subprocess.run(["ls", "-l", str(mount.path)], check=True, capture_output=True, text=True).stdout
+    asked = _count(mount, "GETXATTR") - before - 1  # - 1: reading the stats is one
+    assert listing.count(" f") == 60
+    assert asked <= 60 + 5
+
+
+def test_an_unlabeled_file_reports_selinux_labels_unsupported_and_a_label_still_reads(mode, mount_factory):
+    mount = mount_factory(mode)
+    (mount.backing / "plain").write_bytes(b"")
+    (mount.backing / "labeled").write_bytes(b"")
+    label = b"system_u:object_r:etc_t:s0\0"
+    try:
+        os.setxattr(mount.backing / "labeled", "security.selinux", label)
+    except OSError as exc:
+        pytest.skip(f"the backing filesystem keeps no security.selinux here: {exc}")
+    with pytest.raises(OSError) as info:
+        os.getxattr(mount.path / "plain", "security.selinux")
+    assert info.value.errno == errno.EOPNOTSUPP
+    assert os.getxattr(mount.path / "labeled", "security.selinux") == label
+    assert "security.selinux" in os.listxattr(mount.path / "labeled")
+    # Other missing attributes are still just missing.
+    with pytest.raises(OSError) as info:
+        os.getxattr(mount.path / "plain", "user.absent")
+    assert info.value.errno == errno.ENODATA
