@@ -22,6 +22,7 @@ _MAX_TIMEOUT = float(1 << 32)
 # FUSE_NAME_MAX in fs/fuse/fuse_i.h: longer dirent names fail the whole READDIR.
 _NAME_MAX = 1024
 _DOTS = (b".", b"..")
+_PADDING = [bytes(n) for n in range(8)]
 
 
 def _with_header(*layouts: struct.Struct) -> struct.Struct:
@@ -94,10 +95,20 @@ def _attr_values(attr) -> tuple[int, ...]:
 
 def _timeout(seconds: float) -> tuple[int, int]:
     """Float seconds -> (valid, valid_nsec); negative and NaN mean 0 (do not cache)."""
+    found = _timeouts.get(seconds)
+    if found is not None:
+        return found
     if not seconds > 0:
         return 0, 0
     frac, whole = math.modf(min(seconds, _MAX_TIMEOUT))
-    return int(whole), min(int(frac * _NS), _NS - 1)
+    found = int(whole), min(int(frac * _NS), _NS - 1)
+    if len(_timeouts) < 64:
+        _timeouts[seconds] = found
+    return found
+
+
+# A mount uses a handful of timeouts, converted twice for every entry it sends.
+_timeouts: dict[float, tuple[int, int]] = {}
 
 
 def _entry_values(nodeid: int, generation: int, entry_timeout: float, attr_timeout: float,
@@ -233,13 +244,12 @@ class DirentBuffer:
                 if nodeid == abi.FUSE_ROOT_ID:
                     raise ValueError("READDIRPLUS entries may not point at FUSE_ROOT_ID")
                 entry_values = _entry_values(*entry)
-            self._buf += head.pack(*entry_values, ino, next_offset, namelen, type_)
+            record = head.pack(*entry_values, ino, next_offset, namelen, type_)
         elif entry is not None:
             raise ValueError("entry is only meaningful for READDIRPLUS")
         else:
-            self._buf += head.pack(ino, next_offset, namelen, type_)
-        self._buf += name
-        self._buf += bytes(padded - reclen)
+            record = head.pack(ino, next_offset, namelen, type_)
+        self._buf += record + name + _PADDING[padded - reclen]
         self.count += 1
         return True
 
