@@ -36,6 +36,9 @@ class MountConfig:
     extra_fuse_options: list[str] = dataclasses.field(default_factory=list)
     metrics: tuple[str, int] | None = None  # --metrics HOST:PORT: serve Prometheus metrics there
     remount: bool = False  # -o remount: change the flags of the mount already there
+    # Native engine: how long the reading worker polls /dev/fuse after a reply
+    # before it sleeps, while requests keep coming back that fast (-o spin_us=).
+    spin_seconds: float = 100e-6
 
     @property
     def read_only(self) -> bool:
@@ -75,6 +78,16 @@ def _fs_seconds(config: MountConfig, name: str, value: str) -> dict[str, object]
     if seconds < 0:
         raise UsageError(f"option {name} cannot be negative")
     return {name: seconds}
+
+
+def _spin(config: MountConfig, name: str, value: str) -> None:
+    try:
+        micros = int(value)
+    except ValueError:
+        raise UsageError(f"option {name} needs a whole number of microseconds, not {value!r}") from None
+    if not 0 <= micros <= 10_000:
+        raise UsageError(f"option {name} must be between 0 (never poll) and 10000 microseconds")
+    config.spin_seconds = micros / 1e6
 
 
 def _fs_switch(field: str, on: bool) -> Handler:
@@ -138,6 +151,7 @@ OPTIONS: dict[str, Option] = {
     "nokeep_cache": (False, _fs_switch("keep_cache", False)),
     "direct_io": (False, _fs_switch("direct_io", True)),
     "writeback_cache": (False, _fs_switch("writeback_cache", True)),
+    "spin_us": (True, _spin),
     # mount(8) asks an existing mount to change its flags
     "remount": (False, _remount),
     # mount(8), fstab and systemd bookkeeping, and flags a FUSE mount has no use for

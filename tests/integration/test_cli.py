@@ -119,6 +119,8 @@ BAD_INPUTS = {
     "unknown-option": (lambda a: [a / "backing", a / "mnt", "-o", "ro,frobnicate=3"], ["unknown mount option", "frobnicate"]),
     "bad-timeout": (lambda a: [a / "backing", a / "mnt", "-o", "attr_timeout=soon"], ["attr_timeout", "soon"]),
     "negative-timeout": (lambda a: [a / "backing", a / "mnt", "-o", "entry_timeout=-1"], ["entry_timeout", "negative"]),
+    "bad-spin": (lambda a: [a / "backing", a / "mnt", "-o", "spin_us=soon"], ["spin_us", "soon"]),
+    "spin-too-long": (lambda a: [a / "backing", a / "mnt", "-o", "spin_us=50000"], ["spin_us", "10000"]),
     "allow-other-without-checks": (lambda a: [a / "backing", a / "mnt", "-o", "allow_other,nodefault_permissions"],
                                    ["allow_other", "nodefault_permissions"]),
     "bad-engine": (lambda a: [a / "backing", a / "mnt", "--engine", "warp"], ["--engine", "warp"]),

@@ -77,3 +77,16 @@ def test_an_unlabeled_file_reports_selinux_labels_unsupported_and_a_label_still_
     with pytest.raises(OSError) as info:
         os.getxattr(mount.path / "plain", "user.absent")
     assert info.value.errno == errno.ENODATA
+
+
+@pytest.mark.parametrize("spin_us", ["0", "10000"])
+def test_the_reading_worker_serves_with_and_without_polling(mode, mount_factory, spin_us):
+    """-o spin_us: 0 sleeps at once after every reply, 10000 polls 10 ms;
+    either way every request is answered."""
+    mount = mount_factory(mode, options=[f"spin_us={spin_us}"])
+    for i in range(200):
+        (mount.path / f"f{i}").write_bytes(b"%d" % i)
+    assert sorted(os.listdir(mount.path)) == sorted(f"f{i}" for i in range(200))
+    assert all((mount.backing / f"f{i}").read_bytes() == b"%d" % i for i in range(200))
+    mount.stats()
+    assert (mount.path / "f7").read_bytes() == b"7"

@@ -210,6 +210,13 @@ class Session:
         poller.register(self.dev_fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
         poller.register(self._wake_r, select.EPOLLIN)
         leadership = self._leadership
+        # Polling: a client waiting on each reply (ls -l, tar, git) sends its next
+        # request within tens of µs; catching it without sleeping saves a
+        # sleep and a wake-up per request, a third of the time of a metadata
+        # walk here. Only while requests keep coming that fast, so an idle
+        # or slow client costs no CPU.
+        spin = self.config.spin_seconds
+        answered_at, spinning = 0.0, False
         try:
             while not self._stopping:
                 if not leadership.held:
@@ -222,6 +229,8 @@ class Session:
                     else:
                         length, payload = os.readv(self.dev_fd, [buf]), 0
                 except BlockingIOError:
+                    if spinning and time.perf_counter() - answered_at < spin:
+                        continue
                     poller.poll()
                     continue
                 except OSError as exc:
@@ -230,12 +239,14 @@ class Session:
                     if exc.errno != errno.ENODEV:
                         self._failure = exc
                     break  # unmounted
+                spinning = time.perf_counter() - answered_at < spin
                 if pipe is not None:
                     self._receive_mode.note(buf, length + payload)
                 if payload:
                     self._handle_spliced_write(buf, pipe, payload)
                 else:
                     self._handle(buf, length)
+                answered_at = time.perf_counter()
                 if pipe is not None and pipe.r < 0:
                     pipe = self._request_pipe()  # thrown away after a failure
         except BaseException as exc:  # a bug in the loop itself: end the session, loudly
