@@ -326,6 +326,29 @@ class InodeTable:
         self._adopt(number, fd)
         return Inode(self, number)
 
+    def remember_name(self, dir_fd: int, name: bytes, st: os.stat_result) -> Inode | None:
+        """Count one kernel lookup of `name` in directory `dir_fd` (`st`: its lstat)
+        without opening it, when its node id can encode its file handle; None
+        when it needs the fd path (`remember`): odd objects, no usable handles.
+
+        The inode starts as an evicted one does: its fd is opened by handle
+        when a request needs it. A listing (`find`, READDIRPLUS) or a stat
+        then costs no open and no close.
+        """
+        number = self._open_by_identity.get((st.st_dev, st.st_ino))
+        if number is None:
+            if self._codec is None:
+                return None
+            # The handle must carry st's inode number, so a name swapped since
+            # the lstat gives None here, not another object's attributes.
+            number = self._encoded_number(self._handle_of(dir_fd, name), st.st_ino)
+            if number is None or number == ROOT_INODE or number in self._odd:
+                return None
+        value = self._counts.get(number)
+        self._counts[number] = (_type_of(st) if value is None else value) + _ONE_LOOKUP
+        self._touch(number)
+        return Inode(self, number)
+
     def _remember_odd(self, fd: int, st: os.stat_result, handle: bytes | None) -> Inode:
         identity = (st.st_dev, st.st_ino)
         number = self._odd_by_identity.get(identity)
