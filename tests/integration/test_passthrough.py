@@ -729,11 +729,13 @@ def test_no_backing_id_or_fd_leaks(pt_mount):
     immutable = all(subprocess.run(["chattr", "+i", str(p)], capture_output=True).returncode == 0
                     for p in (refused_file, refused_dir))
     try:
-        for i in range(FILES):  # look every file up once, so the fd baseline holds the inodes
-            os.stat(m.path / f"f{i}")
+        # Use every inode once, so the fd baseline holds their O_PATH fds
+        # (a lookup alone opens none; a request on the inode opens it by handle).
+        for i in range(FILES):
+            os.listxattr(m.path / f"f{i}")
         if immutable:
-            os.stat(m.path / "locked")
-            os.stat(m.path / "locked-dir")
+            os.listxattr(m.path / "locked")
+            os.listxattr(m.path / "locked-dir")
         baseline = daemon_fds(m)
         workers = [subprocess.Popen(
             [sys.executable, "-c", _OPENER, str(m.path), str(k), str(WORKERS), str(FILES), str(ROUNDS),
