@@ -204,10 +204,11 @@ class ZcfsOperations(pyfuse3.Operations):
     def _lookup_name(self, parent: Inode, name: bytes) -> tuple[Inode, os.stat_result]:
         """Find `name` in `parent` and count one kernel lookup of it."""
         parent_fd = parent.fd
-        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
-        inode = self.inodes.remember_name(parent_fd, name, st)
-        if inode is not None:
-            return inode, st
+        if self.inodes.encodes_handles:  # else the lstat would only be repeated below
+            st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+            inode = self.inodes.remember_name(parent_fd, name, st)
+            if inode is not None:
+                return inode, st
         fd = os.open(name, os.O_PATH | os.O_NOFOLLOW, dir_fd=parent_fd)
         try:
             st = os.fstat(fd)

@@ -326,6 +326,11 @@ class InodeTable:
         self._adopt(number, fd)
         return Inode(self, number)
 
+    @property
+    def encodes_handles(self) -> bool:
+        """Whether node ids encode file handles here (`remember_name` can work)."""
+        return self._codec is not None
+
     def remember_name(self, dir_fd: int, name: bytes, st: os.stat_result) -> Inode | None:
         """Count one kernel lookup of `name` in directory `dir_fd` (`st`: its lstat)
         without opening it, when its node id can encode its file handle; None

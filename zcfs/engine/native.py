@@ -605,7 +605,10 @@ class Session:
     def _serial_write(self, pipe: RequestPipe, fd: int, offset: int, size: int) -> int:
         """splice_write, after the WRITEs already splicing into `fd` (fd numbers
         are reused, so the locks stay as many as the fd table allows)."""
-        with self._write_locks.setdefault(fd, threading.Lock()):
+        lock = self._write_locks.get(fd)
+        if lock is None:
+            lock = self._write_locks.setdefault(fd, threading.Lock())
+        with lock:
             return splice_write(pipe, fd, offset, size)
 
     async def _flush(self, request: Request) -> bytes:

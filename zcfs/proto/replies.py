@@ -9,6 +9,7 @@ fields (os.stat_result, pyfuse3.EntryAttributes) or ``f_*`` fields
 from __future__ import annotations
 
 import errno as _errno
+import functools
 import math
 import struct
 
@@ -93,22 +94,14 @@ def _attr_values(attr) -> tuple[int, ...]:
             attr.st_rdev & 0xFFFFFFFF, attr.st_blksize, 0)
 
 
+# A mount uses a handful of timeouts, converted twice for every entry it sends.
+@functools.lru_cache(maxsize=64)
 def _timeout(seconds: float) -> tuple[int, int]:
     """Float seconds -> (valid, valid_nsec); negative and NaN mean 0 (do not cache)."""
-    found = _timeouts.get(seconds)
-    if found is not None:
-        return found
     if not seconds > 0:
         return 0, 0
     frac, whole = math.modf(min(seconds, _MAX_TIMEOUT))
-    found = int(whole), min(int(frac * _NS), _NS - 1)
-    if len(_timeouts) < 64:
-        _timeouts[seconds] = found
-    return found
-
-
-# A mount uses a handful of timeouts, converted twice for every entry it sends.
-_timeouts: dict[float, tuple[int, int]] = {}
+    return int(whole), min(int(frac * _NS), _NS - 1)
 
 
 def _entry_values(nodeid: int, generation: int, entry_timeout: float, attr_timeout: float,
