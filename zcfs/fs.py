@@ -611,12 +611,18 @@ class ZcfsOperations(pyfuse3.Operations):
             parent = known.number if known is not None else st.st_ino
         return [(b".", node.number, _DT_DIR), (b"..", parent, _DT_DIR)]
 
-    def lookup_entry(self, fh: int, name: bytes) -> pyfuse3.EntryAttributes | None:
-        """Look up a listed name for READDIRPLUS; None if it vanished since."""
+    def lookup_listed(self, fh: int, name: bytes) -> tuple[Inode, os.stat_result] | None:
+        """Look up a listed name for READDIRPLUS: its inode (one kernel lookup
+        counted) and lstat; None if it vanished since."""
         try:
-            return self._entry_for(self._opendir(fh).inode, name)
+            return self._lookup_name(self._opendir(fh).inode, name)
         except FileNotFoundError:
             return None
+
+    def lookup_entry(self, fh: int, name: bytes) -> pyfuse3.EntryAttributes | None:
+        """`lookup_listed` as pyfuse3 takes it."""
+        found = self.lookup_listed(fh, name)
+        return None if found is None else self._attributes(*found)
 
     @_errors
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:

@@ -402,10 +402,11 @@ class Session:
         entry = await self.ops.lookup(request.nodeid, request.body.name, self._context(request))
         return pack_entry_out(request.unique, *self._entry_args(entry))
 
-    def _attr_timeout(self, nodeid: int, attr: Any) -> float:
-        """How long the kernel may cache `attr` of `nodeid`: not at all while the inode
-        is open for writing in passthrough (mmap writes bypass us and the kernel)."""
-        return 0 if nodeid in self.tiers.uncached else attr.attr_timeout
+    def _attr_timeout(self, nodeid: int, seconds: float) -> float:
+        """How long the kernel may cache the attributes of `nodeid` (`seconds`, the
+        policy's): not at all while the inode is open for writing in passthrough
+        (mmap writes bypass us and the kernel)."""
+        return 0 if nodeid in self.tiers.uncached else seconds
 
     def _shown_attr(self, nodeid: int, attr: Any) -> Any:
         """`attr` (whose st_ino is the node id) with the inode number the mount shows.
@@ -419,7 +420,7 @@ class Session:
     def _entry_args(self, entry: Any) -> tuple:
         """pack_entry_out's arguments for a known inode, attr timeout as `_attr_timeout`."""
         nodeid = entry.st_ino
-        timeout = self._attr_timeout(nodeid, entry)
+        timeout = self._attr_timeout(nodeid, entry.attr_timeout)
         return (nodeid, entry.generation, entry.entry_timeout, timeout, self._shown_attr(nodeid, entry))
 
     async def _forget(self, request: Request) -> None:
@@ -430,7 +431,7 @@ class Session:
 
     async def _getattr(self, request: Request) -> bytes:
         attr = await self.ops.getattr(request.nodeid, self._context(request))
-        timeout = self._attr_timeout(request.nodeid, attr)
+        timeout = self._attr_timeout(request.nodeid, attr.attr_timeout)
         return pack_attr_out(request.unique, timeout, self._shown_attr(request.nodeid, attr))
 
     async def _setattr(self, request: Request) -> bytes:
@@ -458,7 +459,7 @@ class Session:
         )
         fh = body.fh if valid & abi.FATTR_FH else None
         result = await self.ops.setattr(request.nodeid, attr, fields, fh, self._context(request))
-        timeout = self._attr_timeout(request.nodeid, result)
+        timeout = self._attr_timeout(request.nodeid, result.attr_timeout)
         return pack_attr_out(request.unique, timeout, self._shown_attr(request.nodeid, result))
 
     async def _readlink(self, request: Request) -> bytes:
@@ -665,19 +666,24 @@ class Session:
     async def _readdirplus(self, request: Request) -> bytes:
         b = request.body
         out = DirentBuffer(b.size, plus=True)
+        options, attr_ino = self.ops.options, self.ops.inodes.attr_ino
         for next_offset, name, d_ino, d_type in self.ops.list_entries(b.fh, b.offset):
             if name in DOT_NAMES:
                 # nodeid 0: the kernel takes no lookup reference on "." and "..".
                 if not out.add(name, self.ops.inodes.attr_ino(d_ino), d_type, next_offset):
                     break
                 continue
-            entry = self.ops.lookup_entry(b.fh, name)
-            if entry is None:
+            found = self.ops.lookup_listed(b.fh, name)
+            if found is None:
                 continue  # vanished since the listing was taken
-            args = self._entry_args(entry)
-            if not out.add(name, entry.st_ino, stat.S_IFMT(entry.st_mode) >> 12, next_offset, args):
+            # Packed straight from the lstat: this runs for every entry of a listing.
+            inode, st = found
+            nodeid = inode.number
+            entry = (nodeid, inode.generation, options.entry_timeout,
+                     self._attr_timeout(nodeid, options.attr_timeout), st)
+            if not out.add(name, attr_ino(nodeid), stat.S_IFMT(st.st_mode) >> 12, next_offset, entry):
                 # Not sent, so the kernel will not count this lookup.
-                self.ops.inodes.forget(args[0], 1)
+                self.ops.inodes.forget(nodeid, 1)
                 break
         return out.pack(request.unique)
 

@@ -42,7 +42,9 @@ _LSEEK = _with_header(abi.LSEEK_OUT)
 _LK = _with_header(abi.LK_OUT)
 _BMAP = _with_header(abi.BMAP_OUT)
 _COPY = _with_header(abi.COPY_FILE_RANGE_OUT)
-_DIRENTPLUS_HEAD = struct.Struct(abi.ENTRY_OUT.format + abi.DIRENT_HEAD.format[1:])
+_DIRENT_SIZE = abi.DIRENT_HEAD.size
+_DIRENTPLUS_SIZE = abi.ENTRY_OUT.size + abi.DIRENT_HEAD.size
+_NO_ENTRY_OUT = bytes(abi.ENTRY_OUT.size)  # nodeid 0: the kernel only lists the name
 
 
 def pack_out_header(unique: int, error: int, length: int) -> bytes:
@@ -79,8 +81,9 @@ def pack_data(unique: int, data: bytes | bytearray | memoryview) -> bytes:
     return abi.OUT_HEADER.pack(abi.OUT_HEADER.size + len(data), 0, unique) + data
 
 
-def _attr_values(attr) -> tuple[int, ...]:
-    """fuse_attr members from a stat-like object (None: all zero, for nodeid 0 entries)."""
+def _attr_values(attr, ino: int | None = None) -> tuple[int, ...]:
+    """fuse_attr members from a stat-like object (None: all zero, for nodeid 0
+    entries), with inode number `ino` instead of its st_ino if given."""
     if attr is None:
         return (0,) * 16
     asec, ansec = divmod(attr.st_atime_ns, _NS)
@@ -89,7 +92,7 @@ def _attr_values(attr) -> tuple[int, ...]:
     # Pre-1970 seconds are negative; the kernel reads the u64 back as s64.
     # st_rdev: fuse_attr.rdev is 32-bit, and glibc's dev_t agrees with the
     # kernel's new_encode_dev in those 32 bits for majors < 4096.
-    return (attr.st_ino, attr.st_size, attr.st_blocks, asec & _U64, msec & _U64, csec & _U64,
+    return (attr.st_ino if ino is None else ino, attr.st_size, attr.st_blocks, asec & _U64, msec & _U64, csec & _U64,
             ansec, mnsec, cnsec, attr.st_mode, attr.st_nlink, attr.st_uid, attr.st_gid,
             attr.st_rdev & 0xFFFFFFFF, attr.st_blksize, 0)
 
@@ -105,12 +108,12 @@ def _timeout(seconds: float) -> tuple[int, int]:
 
 
 def _entry_values(nodeid: int, generation: int, entry_timeout: float, attr_timeout: float,
-                  attr) -> tuple[int, ...]:
-    """fuse_entry_out members."""
+                  attr, ino: int | None = None) -> tuple[int, ...]:
+    """fuse_entry_out members (`ino`: as in _attr_values)."""
     entry_valid, entry_nsec = _timeout(entry_timeout)
     attr_valid, attr_nsec = _timeout(attr_timeout)
     return (nodeid, generation, entry_valid, attr_valid, entry_nsec, attr_nsec,
-            *_attr_values(attr))
+            *_attr_values(attr, ino))
 
 
 def pack_attr(attr) -> bytes:
@@ -213,7 +216,9 @@ class DirentBuffer:
         ``type_`` is the DT_* value, (st_mode >> 12) & 15; ``next_offset`` the
         cookie the kernel sends back to continue after this entry. In plus
         mode ``entry`` is (nodeid, generation, entry_timeout, attr_timeout,
-        attr), or None for nodeid 0: the kernel then only lists the name.
+        attr), or None for nodeid 0: the kernel then only lists the name;
+        ``attr`` may be a plain os.stat_result, since ``ino`` is the inode
+        number its fuse_attr shows too (as stat and a plain READDIR agree).
         The kernel takes one lookup reference for every plus entry with a
         nonzero nodeid, except "." and "..", which it ignores; those must
         therefore carry nodeid 0 (enforced) so the engine's counts stay right.
@@ -222,27 +227,27 @@ class DirentBuffer:
         # Each of these makes the kernel fail the whole reply with EIO.
         if not 0 < namelen <= _NAME_MAX or b"/" in name:
             raise ValueError(f"invalid directory entry name {name!r}")
-        head = _DIRENTPLUS_HEAD if self.plus else abi.DIRENT_HEAD
-        reclen = head.size + namelen
+        buf = self._buf
+        reclen = (_DIRENTPLUS_SIZE if self.plus else _DIRENT_SIZE) + namelen
         padded = (reclen + 7) & ~7  # FUSE_DIRENT_ALIGN: records start 8-byte aligned
-        if len(self._buf) + padded > self.size:
+        if len(buf) + padded > self.size:
             return False
         if self.plus:
             if entry is None:
-                entry_values = _entry_values(0, 0, 0, 0, None)
+                buf += _NO_ENTRY_OUT
             else:
                 nodeid = entry[0]
                 if nodeid and name in _DOTS:
                     raise ValueError(f"{name!r} must have nodeid 0 (the kernel ignores it)")
                 if nodeid == abi.FUSE_ROOT_ID:
                     raise ValueError("READDIRPLUS entries may not point at FUSE_ROOT_ID")
-                entry_values = _entry_values(*entry)
-            record = head.pack(*entry_values, ino, next_offset, namelen, type_)
+                buf += abi.ENTRY_OUT.pack(*_entry_values(*entry, ino))
         elif entry is not None:
             raise ValueError("entry is only meaningful for READDIRPLUS")
-        else:
-            record = head.pack(ino, next_offset, namelen, type_)
-        self._buf += record + name + _PADDING[padded - reclen]
+        # Appended piece by piece: this runs for every entry of every listing.
+        buf += abi.DIRENT_HEAD.pack(ino, next_offset, namelen, type_)
+        buf += name
+        buf += _PADDING[padded - reclen]
         self.count += 1
         return True
 
