@@ -837,23 +837,21 @@ def _backing_flags(flags: int, writeback_cache: bool = False) -> int:
 
 def _read_directory(dir_o_path_fd: int) -> list[tuple[bytes, int, int]]:
     """List a directory (without . and .., whose numbers are ours) as (name, d_ino, d_type)."""
-    fd = os.open(syscalls.proc_path(dir_o_path_fd), os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        with os.scandir(fd) as listing:
-            return [(os.fsencode(e.name), e.inode(), _dtype(e)) for e in listing]
-    finally:
-        os.close(fd)
+    # A bytes path: scandir then gives bytes names, as the kernel wants them.
+    with os.scandir(os.fsencode(syscalls.proc_path(dir_o_path_fd))) as listing:
+        return [(e.name, e.inode(), _dtype(e)) for e in listing]
 
 
 def _dtype(entry: os.DirEntry) -> int:
-    """The DT_* type of a directory entry, without a stat where possible."""
+    """The DT_* type of a directory entry, without a stat where possible
+    (the commonest type asked first: this runs for every listed entry)."""
     try:
-        if entry.is_symlink():
-            return stat.S_IFLNK >> 12
-        if entry.is_dir(follow_symlinks=False):
-            return stat.S_IFDIR >> 12
         if entry.is_file(follow_symlinks=False):
             return stat.S_IFREG >> 12
+        if entry.is_dir(follow_symlinks=False):
+            return stat.S_IFDIR >> 12
+        if entry.is_symlink():
+            return stat.S_IFLNK >> 12
         return stat.S_IFMT(entry.stat(follow_symlinks=False).st_mode) >> 12
     except OSError:
         return 0  # DT_UNKNOWN: it vanished; the caller's stat will say so

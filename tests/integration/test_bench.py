@@ -17,6 +17,7 @@ import pytest
 
 from conftest import fuse_skip_reason, wait_until
 from zcfs.bench.command import SUITES
+from zcfs.bench.workloads import SCALES
 
 TINY = ["--scale", "tiny", "--rounds", "1"]
 # The tier that must serve a zcfs configuration's reads: the proof the path really ran.
@@ -97,6 +98,21 @@ def test_sigint_leaves_no_mount_and_no_data(tmp_path, data_dir):
     assert mounts_under(tmp_path) == []
     assert list(data_dir.iterdir()) == []
     assert not (tmp_path / "zcfs-bench-default.json").exists()
+
+
+def test_round_trip_crosses_fuse_once_per_call(tmp_path, data_dir):
+    """The round-trip workload's calls are answered by the daemon, not a kernel cache."""
+    result = bench(str(data_dir), *TINY, "--workloads", "round-trip", "--configs", "native,pyfuse3",
+                   "--json", "--output", str(tmp_path), "--no-chart")
+    assert result.returncode == 0, result.stderr
+    rows = {r["configuration"]: r for r in json.loads(result.stdout)["results"]}
+    assert set(rows) == {"direct", "native", "pyfuse3"}
+    for name, row in rows.items():
+        assert row["error"] is None and row["unit"] == "IOPS" and row["value"] > 0, row
+        if name != "direct":
+            assert row["requests"] >= SCALES["tiny"].roundtrips, row
+    assert mounts_under(tmp_path) == []
+    assert list(data_dir.iterdir()) == []
 
 
 @pytest.mark.skipif(shutil.which("mergerfs") is None, reason="mergerfs not installed (scripts/setup.sh installs it)")

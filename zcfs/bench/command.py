@@ -44,7 +44,7 @@ SUITES = {
     ),
     "meta": (
         ["cat-small", "git-status-cold", "git-status-warm", "git-grep-cold", "git-grep-warm", "untar", "rm-rf",
-         "tar-c", "find-cold", "ls-lR-cold", "sqlite-journal", "sqlite-wal"],
+         "tar-c", "find-cold", "ls-lR-cold", "round-trip", "sqlite-journal", "sqlite-wal"],
         ["direct", "pyfuse3", "native", "native+cache=always"],
     ),
 }

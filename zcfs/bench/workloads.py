@@ -10,6 +10,7 @@ directory, where they cost the daemon nothing) stay out of the figures.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -39,12 +40,13 @@ class Scale:
     walk_entries: int    # empty files walked by find and ls -lR
     sqlite_inserts: int  # per process
     million: tuple[int, int]  # directories × files, for --million
+    roundtrips: int = 20_000  # getxattr calls, one FUSE request each
 
 
 SCALES = {
     "full": Scale(1024, 256, 1000, 10_000, 5_000, 20_000, 4_800, 50_000, 1_500, (1_000, 1_000)),
-    "quick": Scale(64, 8, 50, 300, 300, 600, 300, 2_000, 50, (100, 100)),
-    "tiny": Scale(4, 1, 10, 50, 20, 50, 20, 100, 5, (10, 10)),  # for the test suite
+    "quick": Scale(64, 8, 50, 300, 300, 600, 300, 2_000, 50, (100, 100), roundtrips=2_000),
+    "tiny": Scale(4, 1, 10, 50, 20, 50, 20, 100, 5, (10, 10), roundtrips=50),  # for the test suite
 }
 
 
@@ -308,6 +310,31 @@ def du_million(ctx: Context) -> Measure:
     return ctx.measure(lambda: run(["du", "-s", "million"], cwd=ctx.root), ops=dirs * per_dir)
 
 
+def round_trip(ctx: Context) -> Measure:
+    """getxattr of a name the file lacks, over and over: no kernel cache answers
+    it, so every call is one whole FUSE round trip (request, daemon, reply,
+    wake-up), the floor under every metadata workload above."""
+    path = ctx.root / f"roundtrip-{ctx.tag}"
+    path.write_bytes(b"")
+    calls = ctx.scale.roundtrips
+
+    def action() -> None:
+        for _ in range(calls):
+            try:
+                os.getxattr(path, "user.zcfs-bench-absent")
+            except OSError as exc:
+                # ENOTSUP: a backing filesystem without user xattrs (still asked each time).
+                if exc.errno not in (errno.ENODATA, errno.ENOTSUP):
+                    raise WorkloadError(f"getxattr: {exc.strerror}") from None
+            else:
+                raise WorkloadError("getxattr found user.zcfs-bench-absent")
+
+    try:
+        return ctx.measure(action, ops=calls)
+    finally:
+        path.unlink(missing_ok=True)
+
+
 # Each writer inserts its rows one transaction at a time (the synced-write pattern of small apps).
 _SQLITE_WRITER = """
 import sqlite3, sys
@@ -400,6 +427,8 @@ WORKLOADS = {w.name: w for w in [
     Workload("git-grep-warm", "metadata", "git grep, after one untimed run", "repo", git_grep, warmup=True),
     Workload("find-cold", "metadata", "find of the walk tree, fresh mount", "walk", find_walk, fresh_mount=True),
     Workload("ls-lR-cold", "metadata", "ls -lR of the walk tree, fresh mount", "walk", ls_walk, fresh_mount=True),
+    Workload("round-trip", "metadata", "getxattr of an absent name: one FUSE request per call", None,
+             round_trip, unit="IOPS"),
     Workload("sqlite-journal", "sync", "sqlite, 2 processes inserting, rollback journal", None, sqlite_journal),
     Workload("sqlite-wal", "sync", "sqlite, 2 processes inserting, WAL", None, sqlite_wal),
     Workload("million-find-cold", "million", "find of 1,000 dirs x 1,000 files, fresh mount", "million",
