@@ -90,3 +90,23 @@ def test_the_reading_worker_serves_with_and_without_polling(mode, mount_factory,
     assert all((mount.backing / f"f{i}").read_bytes() == b"%d" % i for i in range(200))
     mount.stats()
     assert (mount.path / "f7").read_bytes() == b"7"
+
+
+def test_files_written_write_only_keep_their_attributes_cached(mode, mount_factory):
+    """tar x: create write-only, write, chmod, set times, close. A write-only
+    file cannot be mapped, so even on passthrough its attributes stay cached:
+    the only GETATTR per file is the directory's, which each create changes."""
+    mount = mount_factory(mode)
+    os.stat(mount.path)
+    before = _count(mount, "GETATTR")
+    for i in range(50):
+        fd = os.open(mount.path / f"f{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, b"x" * 100)
+            os.fchmod(fd, 0o644)
+            os.utime(fd, ns=(10**18, 10**18))
+        finally:
+            os.close(fd)
+    asked = _count(mount, "GETATTR") - before
+    assert all(os.stat(mount.backing / f"f{i}").st_mtime_ns == 10**18 for i in range(50))
+    assert asked <= 50 + 5, asked

@@ -30,7 +30,7 @@ class InodeTier:
     tier: str
     opens: int = 0
     backing_id: int = 0
-    writers: int = 0  # opens for writing (a shared writable mmap needs one)
+    map_writers: int = 0  # read-write opens: a shared writable mmap needs one
 
 
 def fallback_reason(exc: OSError) -> str:
@@ -54,7 +54,7 @@ class TierChooser:
         self.stats = stats
         # Why this mount cannot pass through at all (counted per file), or None.
         self.passthrough_refused: str | None = None
-        # Node ids with a file open for writing in passthrough: their attributes
+        # Node ids with a file open read-write in passthrough: their attributes
         # must not be cached (see `open`).
         self.uncached: set[int] = set()
 
@@ -78,15 +78,17 @@ class TierChooser:
         """The tier for READ requests that reach us (not passthrough)."""
         return "copy" if self.best_tier == "copy" else "splice"
 
-    def open(self, inode: Inode, fd: int, writable: bool = False, may_pass_through: bool = True) -> InodeTier:
+    def open(self, inode: Inode, fd: int, map_writable: bool = False, may_pass_through: bool = True) -> InodeTier:
         """Choose the tier of a new open of `inode` whose backing fd is `fd`
         (never passthrough for the first open of an inode if not `may_pass_through`).
 
-        While a passthrough file of the inode is open for writing, its node
-        id is in `uncached`: the kernel updates size and mtime itself after a
-        passthrough write(), but a write through a shared mmap changes the
-        backing file's mtime without telling the kernel, so cached attributes
-        would stay stale for the whole attr_timeout.
+        While a passthrough file of the inode is open read-write
+        (`map_writable`), its node id is in `uncached`: the kernel updates
+        size and mtime itself after a passthrough write(), but a write
+        through a shared mmap changes the backing file's mtime without
+        telling the kernel, so cached attributes would stay stale for the
+        whole attr_timeout. A write-only open cannot be mapped at all (mmap
+        needs read access), so `tar x` and `dd of=` keep their cache.
         """
         state = inode.engine_state
         if not isinstance(state, InodeTier) or state.opens == 0:
@@ -98,8 +100,8 @@ class TierChooser:
                 else:
                     self._register(state, fd)
         state.opens += 1
-        if writable:
-            state.writers += 1
+        if map_writable:
+            state.map_writers += 1
             if state.tier == "passthrough":
                 self.uncached.add(inode.number)
         self.stats.record_open(state.tier)
@@ -120,15 +122,16 @@ class TierChooser:
             return
         self.stats.backing_ids += 1
 
-    def release(self, inode: Inode, writable: bool = False) -> None:
-        """One open file of `inode` closed; the last one frees its backing id."""
+    def release(self, inode: Inode, map_writable: bool = False) -> None:
+        """One open file of `inode` closed (`map_writable` as it was opened);
+        the last one frees its backing id."""
         state = inode.engine_state
         if not isinstance(state, InodeTier) or state.opens == 0:
             return
         state.opens -= 1
-        if writable and state.writers:
-            state.writers -= 1
-        if not state.writers:
+        if map_writable and state.map_writers:
+            state.map_writers -= 1
+        if not state.map_writers:
             self.uncached.discard(inode.number)
         self.stats.record_release(state.tier)
         if state.opens == 0 and state.backing_id:

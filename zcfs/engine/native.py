@@ -514,10 +514,10 @@ class Session:
         opened = self.ops.file(fi.fh)
         if not stat.S_ISREG(opened.inode.mode):
             return (abi.FOPEN_KEEP_CACHE if fi.keep_cache else 0), 0
-        writable = _writable(opened.flags)
-        state = self.tiers.open(opened.inode, opened.fd, writable, self._may_pass_through(opened.fd))
+        map_writable = _map_writable(opened.flags)
+        state = self.tiers.open(opened.inode, opened.fd, map_writable, self._may_pass_through(opened.fd))
         if state.tier == "passthrough":
-            if writable:
+            if map_writable:
                 # Attributes cached before this open (a LOOKUP's) would hide
                 # the times of mmap writes, which bypass us and the kernel;
                 # from now on they are not cached (TierChooser.uncached).
@@ -624,7 +624,7 @@ class Session:
         fh = request.body.fh
         opened = self.ops.find_file(fh)
         if opened is not None and stat.S_ISREG(opened.inode.mode):
-            self.tiers.release(opened.inode, _writable(opened.flags))
+            self.tiers.release(opened.inode, _map_writable(opened.flags))
         await self.ops.release(fh)
         return pack_empty(request.unique)
 
@@ -729,8 +729,9 @@ def _stack_depth(backing: str) -> int:
     return 2 if filesystem_type(backing) in _STACKED else 1
 
 
-def _writable(flags: int) -> bool:
-    return flags & os.O_ACCMODE != os.O_RDONLY
+def _map_writable(flags: int) -> bool:
+    """Whether a file opened with `flags` can be mapped shared and writable (read-write)."""
+    return flags & os.O_ACCMODE == os.O_RDWR
 
 
 def _run_to_completion(coroutine: Any) -> Any:
