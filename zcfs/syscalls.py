@@ -78,8 +78,8 @@ MAX_HANDLE_SZ = 128
 _HANDLE_HEADER = 8  # struct file_handle: handle_bytes (u32), handle_type (i32)
 # name_to_handle runs for every LOOKUP and listed entry: one buffer, and
 # arguments ctypes need not convert (no argtypes, ready c_void_p pointers),
-# halve its cost. Not reentrant: only called under the native session's
-# lock (or on pyfuse3's loop).
+# halve its cost; so `name` must be bytes (a str would go as wchar_t *). Not
+# reentrant: only called under the native session's lock (or on pyfuse3's loop).
 _handle_buffer = (ctypes.c_ubyte * (_HANDLE_HEADER + MAX_HANDLE_SZ))()
 _handle_view = memoryview(_handle_buffer)
 _mount_id = ctypes.c_int()
@@ -91,8 +91,7 @@ def name_to_handle(fd: int, name: bytes = b"") -> tuple[bytes, int]:
     """The file handle of the object an fd refers to (or of `name` in directory `fd`,
     never following a symlink), and its mount id (OSError)."""
     _handle_buffer[0] = MAX_HANDLE_SZ  # handle_bytes, little-endian; 128 fits its first byte
-    if _name_to_handle_at(fd, name, *_HANDLE_ARGS, 0 if name else AT_EMPTY_PATH) < 0:
-        _check(-1)
+    _check(_name_to_handle_at(fd, name, *_HANDLE_ARGS, 0 if name else AT_EMPTY_PATH))
     size = _handle_buffer[0] | _handle_buffer[1] << 8
     return _handle_view[:_HANDLE_HEADER + size].tobytes(), _mount_id.value
 

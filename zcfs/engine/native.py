@@ -404,8 +404,8 @@ class Session:
 
     def _attr_timeout(self, nodeid: int, seconds: float) -> float:
         """How long the kernel may cache the attributes of `nodeid` (`seconds`, the
-        policy's): not at all while the inode is open for writing in passthrough
-        (mmap writes bypass us and the kernel)."""
+        policy's): not at all while the inode is open read-write in passthrough
+        (writes through a shared mmap bypass us and the kernel)."""
         return 0 if nodeid in self.tiers.uncached else seconds
 
     def _shown_attr(self, nodeid: int, attr: Any) -> Any:
@@ -670,7 +670,7 @@ class Session:
         for next_offset, name, d_ino, d_type in self.ops.list_entries(b.fh, b.offset):
             if name in DOT_NAMES:
                 # nodeid 0: the kernel takes no lookup reference on "." and "..".
-                if not out.add(name, self.ops.inodes.attr_ino(d_ino), d_type, next_offset):
+                if not out.add(name, attr_ino(d_ino), d_type, next_offset):
                     break
                 continue
             found = self.ops.lookup_listed(b.fh, name)
