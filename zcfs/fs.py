@@ -149,7 +149,9 @@ class ZcfsOperations(pyfuse3.Operations):
         self._gone: dict[int, os.stat_result] = {}
         self._next_fh = 1
         self._as_root = os.geteuid() == 0
-        # backing_type: the backing dir's filesystem type, if known (see _LOCAL_FILESYSTEMS).
+        # backing_type: the backing dir's filesystem type, if known (see _LOCAL_FILESYSTEMS),
+        # looked up before mounting: once mounted, a path may lead into our own mount.
+        self.backing_type = backing_type
         self._flush_on_close = backing_type not in _LOCAL_FILESYSTEMS
 
     async def run_blocking(self, fn: Callable[..., Any], *args: Any) -> Any:

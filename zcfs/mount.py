@@ -302,9 +302,41 @@ def check_paths(config: MountConfig) -> list[str]:
         # Any other mount may be mounted over (a container's volume, a bind mount).
         raise UsageError(
             f"mountpoint {config.mountpoint} is already a mount ({in_use}); unmount it first")
-    if config.mountpoint.startswith(config.backing.rstrip("/") + "/"):
-        raise UsageError(
-            f"mountpoint {config.mountpoint} is inside the backing directory {config.backing}")
+    _refuse_overlap(config.backing, config.mountpoint)
     if not config.fsname:
         config.fsname = config.backing
     return notes
+
+
+def _refuse_overlap(backing: str, mountpoint: str) -> None:
+    """UsageError if the mount would cover the backing dir, or sit inside it.
+
+    Either way the daemon would serve requests about its own mount, and wait
+    on itself. Directories are compared by (st_dev, st_ino), not by path, so
+    a symlink or a bind mount of the same directory under another name is
+    caught too. Only the two paths' ancestors are looked at, all before
+    mounting.
+    """
+    backing_id, mountpoint_id = _dir_id(backing), _dir_id(mountpoint)
+    if backing_id == mountpoint_id:
+        raise UsageError(f"mountpoint {mountpoint} is the backing directory {backing} itself; "
+                         "mount the mirror somewhere else")
+    if mountpoint_id in _ancestor_ids(backing):
+        raise UsageError(f"backing directory {backing} is inside the mountpoint {mountpoint}; "
+                         "the mount would hide it")
+    if backing_id in _ancestor_ids(mountpoint):
+        raise UsageError(f"mountpoint {mountpoint} is inside the backing directory {backing}")
+
+
+def _dir_id(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _ancestor_ids(path: str) -> set[tuple[int, int]]:
+    """(st_dev, st_ino) of every proper ancestor of the resolved `path`, up to /."""
+    ids = set()
+    while (parent := os.path.dirname(path)) != path:
+        ids.add(_dir_id(parent))
+        path = parent
+    return ids

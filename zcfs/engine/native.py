@@ -45,7 +45,7 @@ import trio
 
 from .. import syscalls
 from ..fs import DOT_NAMES, ZcfsOperations
-from ..mount import MountConfig, UsageError, filesystem_type, mount_device
+from ..mount import MountConfig, UsageError, mount_device
 from ..proto import abi
 from ..proto.negotiate import Negotiated, Wishes, negotiate, request_buffer_size
 from ..proto.replies import pack_notify_inval_inode
@@ -374,7 +374,7 @@ class Session:
             want=want | (abi.FUSE_WRITEBACK_CACHE if self.config.fs.writeback_cache else 0),
             max_pages=_MAX_PAGES, max_write=_MAX_PAGES * 4096,
             passthrough=self.tiers.best_tier == "passthrough",
-            max_stack_depth=_stack_depth(self.config.backing))
+            max_stack_depth=_stack_depth(self.ops.backing_type))
         neg = negotiate(request.body, wishes)
         self.negotiated = neg
         self._buffer_size = request_buffer_size(neg)
@@ -719,14 +719,16 @@ class Session:
 _STACKED = {"overlay", "ecryptfs"}
 
 
-def _stack_depth(backing: str) -> int:
+def _stack_depth(backing_type: str | None) -> int:
     """max_stack_depth for passthrough: one more than the backing filesystem's.
 
     A backing dir on overlayfs (a container's root) needs 2, the kernel's
     limit, which in turn keeps anyone from stacking overlayfs on zcfs; on
-    anything else 1 leaves that possible.
+    anything else 1 leaves that possible. The type was looked up before
+    mounting: INIT is answered before the mount works, so a path looked up
+    now could lead into the mount and wait on this very reply.
     """
-    return 2 if filesystem_type(backing) in _STACKED else 1
+    return 2 if backing_type in _STACKED else 1
 
 
 def _map_writable(flags: int) -> bool:
