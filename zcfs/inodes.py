@@ -44,7 +44,7 @@ import resource
 import stat
 from typing import NamedTuple
 
-from . import syscalls
+from . import mountinfo, syscalls
 
 log = logging.getLogger(__name__)
 
@@ -607,17 +607,30 @@ def _is_filesystem_root(mount_id: int, root_fd: int, st: os.stat_result) -> bool
     itself), and the mount must show the filesystem from its root: in
     /proc/self/mountinfo field 0 is the mount id and field 3 the mount's
     root within its filesystem ("/" unless a subdirectory was bind-mounted).
-    Anything unsure answers False.
+    A detached mount (the atime view of the backing dir, see
+    engine/devfuse.atime_view) is in no mount table: then the backing dir
+    is the root if it is the very directory (st_dev, st_ino) at which some
+    mount of the same device shows that device's root. Anything unsure
+    answers False.
     """
     try:
         above = os.stat("..", dir_fd=root_fd, follow_symlinks=False)
         if above.st_dev == st.st_dev and above.st_ino != st.st_ino:
             return False
+        device = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}".encode()
+        roots_of_device = []
         with open("/proc/self/mountinfo", "rb") as info:
             for line in info:
                 fields = line.split()
                 if int(fields[0]) == mount_id:
                     return fields[3] == b"/"
+                if fields[2] == device and fields[3] == b"/":
+                    roots_of_device.append(fields[4])
+        for point in roots_of_device:
+            shown = os.stat(mountinfo.unescape(point), follow_symlinks=False)
+            if (shown.st_dev, shown.st_ino) == (st.st_dev, st.st_ino):
+                return True
     except (OSError, ValueError, IndexError):
         pass
     return False
+

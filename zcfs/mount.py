@@ -12,6 +12,7 @@ import os
 import subprocess
 from typing import Callable
 
+from . import mountinfo
 from .fs import CACHE_POLICIES, FsOptions
 from .usage import UsageError
 
@@ -236,16 +237,7 @@ def mount_device(path: str) -> str | None:
 
 
 def _unescape(field: bytes) -> str:
-    """Decode mountinfo's octal escapes (\\040 for a space, ...)."""
-    out, i = bytearray(), 0
-    while i < len(field):
-        if field[i] == 0x5C and field[i + 1:i + 4].isdigit():
-            out.append(int(field[i + 1:i + 4], 8))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return os.fsdecode(bytes(out))
+    return os.fsdecode(mountinfo.unescape(field))
 
 
 def is_stale(path: str) -> bool:

@@ -76,8 +76,11 @@ def _tree(root) -> dict[str, bytes]:
     return {name: _handle(root / name) for name in ("file", "dir", "dir/sub", "dir/sub/deep", "dir/hard")}
 
 
-def test_handles_survive_drop_caches(tmpfs_dir, mode, mount_factory):
-    mount = mount_factory(mode, backing=tmpfs_dir("backing", "16m"))
+# Any atime option makes the daemon open the backing dir through a private,
+# detached copy of its mount (engine/devfuse.atime_view): handles must survive there too.
+@pytest.mark.parametrize("atime", [None, "noatime", "strictatime"])
+def test_handles_survive_drop_caches(atime, tmpfs_dir, mode, mount_factory):
+    mount = mount_factory(mode, options=[atime] if atime else [], backing=tmpfs_dir("backing", "16m"))
     handles = _tree(mount.path)
     inos = {name: os.lstat(mount.path / name).st_ino for name in handles}
     assert handles["file"] == handles["dir/hard"]  # one object, one handle
