@@ -12,6 +12,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import select
 import socket
 import stat
 import subprocess
@@ -79,6 +80,45 @@ def mount(config: MountConfig) -> int:
     fd = _mount(config)
     _mounted[config.mountpoint] = mount_device(config.mountpoint)
     return fd
+
+
+def release(dev_fd: int) -> None:
+    """Let go of the device, which ends the connection; the fd number stays taken (by /dev/null).
+
+    A worker still waiting on the disk may write its reply late: it must not
+    land in whatever file would otherwise be opened under that number.
+    """
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    os.dup2(null, dev_fd, inheritable=False)
+    os.close(null)
+
+
+def wait_unmounted(mountpoint: str) -> bool:
+    """Block until no mount of the one we made at `mountpoint` is left in our mount namespace.
+
+    The kernel ends a FUSE connection only when the last copy of its mount
+    goes, and a copy lives on in every mount namespace made while it was
+    mounted (`unshare -m`, a service's private namespace): after `umount`
+    here the daemon would serve those for as long as they live. The
+    mount's own namespace decides instead. Mount-table changes wake a
+    poll(2) of /proc/self/mountinfo (POLLPRI); bind mounts of our mount
+    share its device, so they count as it. True once gone; False at once
+    if it cannot be watched (then only the kernel's ENODEV ends the session).
+    """
+    device = _mounted.get(mountpoint)
+    if device is None:
+        return False
+    try:
+        with open("/proc/self/mountinfo", "rb") as table:
+            poller = select.poll()
+            poller.register(table, select.POLLPRI)
+            while True:
+                table.seek(0)
+                if not any(line.split()[2].decode() == device for line in table.read().splitlines()):
+                    return True
+                poller.poll()
+    except OSError:
+        return False
 
 
 def _mount(config: MountConfig) -> int:

@@ -131,6 +131,9 @@ class Session:
         self._write_locks: dict[int, threading.Lock] = {}
         ops.run_blocking = self._run_unlocked
         self._stopping = False
+        # Workers inside a call that may wait on the disk: the session does not
+        # wait for them to end (a hung backing filesystem must not keep it alive).
+        self._on_disk: set[threading.Thread] = set()
         self._wake_r, self._wake_w = -1, -1
         self._receive_mode = ReceiveMode()
         self._failure: BaseException | None = None
@@ -174,7 +177,7 @@ class Session:
             await trio.to_thread.run_sync(_join, threads, abandon_on_cancel=True)
         finally:
             self._stop()
-            _join(threads)
+            _join([thread for thread in threads if thread not in self._on_disk])
             os.close(self._wake_r)
             os.close(self._wake_w)
         if self._failure is not None:
@@ -310,9 +313,12 @@ class Session:
             self._leadership.held = False
             self._leader.release()
         self._lock.release()
+        me = threading.current_thread()
+        self._on_disk.add(me)
         try:
             return fn(*args)
         finally:
+            self._on_disk.discard(me)
             self._lock.acquire()
 
     def _answer(self, request: Request) -> bytes | None:
@@ -815,7 +821,7 @@ def run(ops: ZcfsOperations, config: MountConfig, on_ready: Callable[[], None]) 
         raise usage_errors.exceptions[0] from None
     finally:
         devfuse.unmount(config.mountpoint)
-        os.close(dev_fd)
+        devfuse.release(dev_fd)
         log.info("%s", session.stats.summary())
 
 
@@ -827,6 +833,7 @@ async def _main(session: Session, on_ready: Callable[[], None]) -> None:
             nursery.cancel_scope.cancel()  # unmounted: stop the signal watcher too
 
         nursery.start_soon(_unmount_on_signal, session.config.mountpoint, nursery.cancel_scope)
+        nursery.start_soon(_stop_when_unmounted, session.config.mountpoint, nursery.cancel_scope)
         await nursery.start(serve_then_stop)
         refused = session.tiers.passthrough_refused
         if refused:
@@ -860,6 +867,13 @@ def _raise_readahead(session: Session) -> None:
             knob.write(str(2 * neg.max_pages * 4))
     except OSError as exc:
         log.debug("cannot raise readahead: %s", exc)
+
+
+async def _stop_when_unmounted(mountpoint: str, session_scope: trio.CancelScope) -> None:
+    """End the session once our mount is gone from our namespace (copies elsewhere then see ENOTCONN)."""
+    if await trio.to_thread.run_sync(devfuse.wait_unmounted, mountpoint, abandon_on_cancel=True):
+        log.info("%s was unmounted", mountpoint)
+        session_scope.cancel()
 
 
 async def _unmount_on_signal(mountpoint: str, session_scope: trio.CancelScope) -> None:

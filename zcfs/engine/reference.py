@@ -59,7 +59,7 @@ def run(ops: ZcfsOperations, config: MountConfig, on_ready: Callable[[], None]) 
         devfuse.unmount(config.mountpoint)
         raise UsageError(f"cannot mount {config.mountpoint}: {exc}") from None
     try:
-        trio.run(_serve, on_ready)
+        trio.run(_serve, config.mountpoint, on_ready)
     finally:
         pyfuse3.close(unmount=False)  # libfuse closes the device; the mount is ours to remove
         devfuse.unmount(config.mountpoint)
@@ -137,13 +137,21 @@ def _timed(handler: Callable[..., Awaitable[Any]], opname: str, stats: Stats) ->
     return timed
 
 
-async def _serve(on_ready: Callable[[], None]) -> None:
+async def _serve(mountpoint: str, on_ready: Callable[[], None]) -> None:
     async with trio.open_nursery() as nursery:
         # Ready once signals are handled and trio's own fds exist (tests count the daemon's fds).
         await nursery.start(_terminate_on_signal)
+        nursery.start_soon(_terminate_when_unmounted, mountpoint)
         on_ready()
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
+
+
+async def _terminate_when_unmounted(mountpoint: str) -> None:
+    """End the session once our mount is gone from our namespace (see devfuse.wait_unmounted)."""
+    if await trio.to_thread.run_sync(devfuse.wait_unmounted, mountpoint, abandon_on_cancel=True):
+        log.info("%s was unmounted", mountpoint)
+        pyfuse3.terminate()
 
 
 async def _terminate_on_signal(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
