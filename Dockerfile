@@ -8,7 +8,7 @@
 # BASE: any Debian 12 image. PIP_OPTS: extra pip options, e.g. for a build
 # without an index: --build-arg PIP_OPTS="--no-index --find-links /src/wheels"
 # with the wheels in the build context (`pip wheel -w wheels .` and
-# `pip download -d wheels setuptools`).
+# `pip download -d wheels flit_core`, the build backend).
 ARG BASE=debian:bookworm-slim
 
 FROM ${BASE} AS build

@@ -28,6 +28,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.zcfs-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  rm -rf zcfs.egg-info  # left by the setuptools build zcfs used before flit_core
   .venv/bin/pip install -q -e '.[test]' 2>&1 | grep -v -e '^WARNING: Location' -e BuildBackendWarning || true
   .venv/bin/python -c 'import pyfuse3, trio, pytest_trio, hypothesis'
   touch "$stamp"
