@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 
 from . import __version__, syscalls
 from .mount import ENGINES, TIERS, MountConfig, check_paths, filesystem_type, parse_options
-from .usage import ArgumentParser, UsageError
+from .usage import ArgumentParser, UsageError, import_optional
 
 log = logging.getLogger("zcfs")
 
@@ -58,6 +58,7 @@ def parse_args(args: list[str]) -> tuple[MountConfig, argparse.Namespace]:
     config = MountConfig(ns.backing, ns.mountpoint, engine=ns.engine, zero_copy=ns.zero_copy)
     parse_options(ns.options, config)
     if ns.metrics is not None:
+        import_optional("prometheus_client", "--metrics", "metrics")  # before zcfs.metrics imports it
         from .metrics import parse_address
         config.metrics = parse_address(ns.metrics)
     return config, ns
