@@ -140,3 +140,25 @@ def test_daemon_runs_without_optional_packages(engine, how, without, paths):
         assert "Traceback" not in daemon.stderr.read()
         daemon.stderr.close()
 
+
+# -- the Python API: a Mount stands for its mountpoint ------------------------------
+
+@pytest.mark.parametrize("engine", ["native", "pyfuse3"])
+def test_mount_is_a_path(engine, tmp_path):
+    if reason := fuse_skip_reason():
+        pytest.skip(reason)
+    backing = tmp_path / "backing"
+    backing.mkdir()
+    (backing / "f").write_bytes(b"read through the mount")
+    with zcfs.mounted(backing, engine=engine) as m:
+        assert isinstance(m, os.PathLike) and isinstance(m.path, Path)
+        assert str(m) == f"{m}" == os.fspath(m) == str(m.path)
+        with open(f"{m}/f", "rb") as f:
+            assert f.read() == b"read through the mount"
+        with open(os.path.join(m, "new"), "wb") as f:
+            f.write(b"written through the mount")
+        assert (m / "new").read_bytes() == b"written through the mount" == (backing / "new").read_bytes()
+        assert sorted(os.listdir(m)) == ["f", "new"] and Path(m) == m.path
+        assert m.stats()["engine"] == engine  # it is the mount, not a directory of that name
+        assert mount_is_listed(m.path)
+    assert not mount_is_listed(m.path)
