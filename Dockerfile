@@ -7,8 +7,8 @@
 #
 # BASE: any Debian 12 image. PIP_OPTS: extra pip options, e.g. for a build
 # without an index: --build-arg PIP_OPTS="--no-index --find-links /src/wheels"
-# with the wheels in the build context (`pip wheel -w wheels .` and
-# `pip download -d wheels setuptools`).
+# with the wheels in the build context (`pip wheel -w wheels '.[metrics]'` and
+# `pip download -d wheels flit_core`, the build backend).
 ARG BASE=debian:bookworm-slim
 
 FROM ${BASE} AS build
@@ -18,7 +18,8 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 COPY . /src
 ARG PIP_OPTS=
-RUN python3 -m venv /opt/zcfs && /opt/zcfs/bin/pip install --no-cache-dir $PIP_OPTS /src
+# With the metrics extra: `--metrics HOST:PORT` serves Prometheus from the container.
+RUN python3 -m venv /opt/zcfs && /opt/zcfs/bin/pip install --no-cache-dir $PIP_OPTS '/src[metrics]'
 
 FROM ${BASE}
 RUN apt-get update \

@@ -28,8 +28,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.zcfs-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/pip install -q -e '.[test]' 2>&1 | grep -v -e '^WARNING: Location' -e BuildBackendWarning || true
-  .venv/bin/python -c 'import pyfuse3, trio, pytest_trio, hypothesis'
+  rm -rf zcfs.egg-info  # left by the setuptools build zcfs used before flit_core
+  # The extras: bench (matplotlib, zcfs bench's chart) and metrics (prometheus_client, --metrics) are tested too.
+  .venv/bin/pip install -q -e '.[test,bench,metrics]' 2>&1 | grep -v -e '^WARNING: Location' -e BuildBackendWarning || true
+  .venv/bin/python -c 'import pyfuse3, trio, pytest_trio, hypothesis, matplotlib, prometheus_client'
   touch "$stamp"
 fi
 

@@ -1,4 +1,4 @@
-"""The `zcfs` command: mount a mirror (`zcfs BACKING MNT`) or read its stats (`zcfs stats MNT`)."""
+"""The `zcfs` command: mount a mirror (`zcfs BACKING MNT`), or run another command (`zcfs stats MNT`, `zcfs bench`)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import subprocess
 import sys
 from typing import Callable, Iterator
 
-from . import syscalls
+from . import __version__, syscalls
 from .mount import ENGINES, TIERS, MountConfig, check_paths, filesystem_type, parse_options
-from .usage import ArgumentParser, UsageError
+from .usage import ArgumentParser, UsageError, import_optional
 
 log = logging.getLogger("zcfs")
 
@@ -23,9 +23,18 @@ log = logging.getLogger("zcfs")
 # `zcfs NAME ...` runs the module's main(argv) instead of mounting.
 SUBCOMMANDS = {"stats": "zcfs.statscli", "bench": "zcfs.bench.command"}
 
+# The end of `zcfs --help`: argparse only knows the mount command, so the others are named here.
+OTHER_COMMANDS = """\
+other commands:
+  zcfs stats MOUNTPOINT [--json] [--watch SECONDS]   a mount's statistics (zcfs stats -h)
+  zcfs bench [DIR] [--quick] [--suite default|meta]  measure zcfs on this machine (zcfs bench -h)
+  fusermount3 -u MOUNTPOINT                          unmount; the daemon exits"""
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="zcfs", description="Mount a zero-copy mirror of BACKING at MOUNTPOINT.")
+    parser = ArgumentParser(prog="zcfs", description="Mount a zero-copy mirror of BACKING at MOUNTPOINT.",
+                            epilog=OTHER_COMMANDS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-V", "--version", action="version", version=f"zcfs {__version__}")
     parser.add_argument("backing", help="the directory to mirror")
     parser.add_argument("mountpoint", help="where to mount the mirror")
     parser.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
@@ -49,6 +58,7 @@ def parse_args(args: list[str]) -> tuple[MountConfig, argparse.Namespace]:
     config = MountConfig(ns.backing, ns.mountpoint, engine=ns.engine, zero_copy=ns.zero_copy)
     parse_options(ns.options, config)
     if ns.metrics is not None:
+        import_optional("prometheus_client", "--metrics", "metrics")  # before zcfs.metrics imports it
         from .metrics import parse_address
         config.metrics = parse_address(ns.metrics)
     return config, ns

@@ -16,8 +16,12 @@ from typing import Iterator
 
 
 @dataclasses.dataclass
-class Mount:
-    """A running zcfs daemon: backing dir, mountpoint, and the process we started."""
+class Mount(os.PathLike):
+    """A running zcfs daemon: backing dir, mountpoint, and the process we started.
+
+    It stands for its mountpoint wherever a path goes: `open(f"{m}/f")`,
+    `os.path.join(m, "f")`, `m / "f"` (a Path), `os.listdir(m)`.
+    """
 
     backing: Path
     path: Path
@@ -25,6 +29,15 @@ class Mount:
     process: subprocess.Popen
     log: Path
     notes: list[str] = dataclasses.field(default_factory=list)  # what the daemon told the user
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.path)
+
+    def __str__(self) -> str:
+        return os.fspath(self.path)
+
+    def __truediv__(self, name: str | os.PathLike) -> Path:
+        return self.path / name
 
     @property
     def engine(self) -> str:
@@ -111,7 +124,9 @@ def mounted(backing: str | os.PathLike, mountpoint: str | os.PathLike | None = N
     """Mount a zcfs mirror of `backing` for the body of a `with`; unmounted after it, even on an error.
 
     Yields the Mount: `.path` is the mountpoint (a fresh temporary one
-    unless given) and `.stats()` a live snapshot of the mount's counters.
+    unless given), and the Mount itself stands for it as a path
+    (`open(f"{m}/f")`, `os.path.join(m, "f")`, `m / "f"`); `.stats()` is a
+    live snapshot of the mount's counters.
     RuntimeError (with the daemon's log) if it does not mount.
     """
     scratch = Path(tempfile.mkdtemp(prefix="zcfs-"))

@@ -11,6 +11,8 @@ init is killed every process in it dies and every mount in it goes away.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import pwd
@@ -19,6 +21,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -133,36 +136,96 @@ def _test_user() -> pwd.struct_passwd:
         pytest.skip(f"user {TEST_USER} missing: run scripts/setup.sh")
 
 
-@pytest.fixture(scope="session")
-def user_zcfs():
-    """The `zcfs` command of the test user's own install, made the way the README says.
+# The README's per-user install ("Installing zcfs for yourself"), word for word.
+README_INSTALL = ["python3 -m venv ~/.local/zcfs", "~/.local/zcfs/bin/pip install /path/to/zcfs-checkout"]
 
-    As the user: a venv from the system's python3 and `pip install` of
-    the checkout. (To stay off the network in the user's step, root first
-    builds the wheels of zcfs and its dependencies into a wheelhouse.)
+
+def _read_only_checkout(into: Path) -> None:
+    """Copy the checkout's tracked files to `into` (a clone's contents), root's and read-only."""
+    listed = subprocess.run(["git", "-C", CHECKOUT, "ls-files", "-z"], capture_output=True, timeout=60)
+    if listed.returncode != 0:
+        pytest.skip(f"the checkout is not a git work tree: {listed.stderr.decode().strip()}")
+    for name in os.fsdecode(listed.stdout).split("\0"):
+        if name and (CHECKOUT / name).is_file():  # a tracked file deleted in the work tree is left out
+            (into / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(CHECKOUT / name, into / name)
+    for path in [into, *into.rglob("*")]:
+        path.chmod(path.stat().st_mode & ~0o222)
+
+
+def _tree_state(root: Path) -> dict:
+    """Every name below root (and root) with its mode, size, mtime and contents: any write shows."""
+    state = {}
+    for path in [root, *root.rglob("*")]:
+        st = os.lstat(path)
+        content = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+        state[str(path.relative_to(root))] = (st.st_mode, st.st_size, st.st_mtime_ns, content)
+    return state
+
+
+@dataclasses.dataclass
+class UserInstall:
+    result: subprocess.CompletedProcess
+    checkout_changed: list[str]  # names the install created, changed or removed in the checkout
+    zcfs: Path
+
+
+@pytest.fixture(scope="session")
+def user_install():
+    """The test user runs the README's install commands literally, against a read-only checkout.
+
+    The checkout is a root-owned, read-only copy of this one's tracked files
+    (like a clone in /opt that root made). HOME is a fresh temporary home.
+    The user's step stays off the network by environment only (PIP_NO_INDEX,
+    PIP_FIND_LINKS): root first builds the wheels of the build backend and
+    of zcfs's dependencies, not zcfs's own, which the user's pip builds.
     """
     pw = _test_user()
-    python = shutil.which("python3", path="/usr/bin:/bin")
-    if python is None:
-        pytest.skip("no system python3 for the test user")
-    home = Path(tempfile.mkdtemp(prefix="zcfs-user-install-", dir="/tmp"))
+    readme = (CHECKOUT / "README.md").read_text()
+    assert all(line in readme for line in README_INSTALL), "the README's install commands changed"
+    area = Path(tempfile.mkdtemp(prefix="zcfs-user-install-", dir="/tmp"))
     try:
-        home.chmod(0o755)
-        wheels = home / "wheels"
-        built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "-w", wheels, CHECKOUT],
+        area.chmod(0o755)
+        checkout, wheels, home = area / "zcfs-checkout", area / "wheels", area / "home"
+        checkout.mkdir()
+        _read_only_checkout(checkout)
+        project = tomllib.loads((checkout / "pyproject.toml").read_text())
+        requirements = project["build-system"]["requires"] + project["project"]["dependencies"]
+        built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "-w", wheels, *requirements],
                                capture_output=True, text=True, timeout=600)
         if built.returncode != 0:
-            pytest.skip(f"cannot build the wheels of zcfs: {built.stderr.strip().splitlines()[-1:]}")
+            pytest.skip(f"cannot build the wheels of zcfs's dependencies: {built.stderr.strip().splitlines()[-1:]}")
+        home.mkdir()
         os.chown(home, pw.pw_uid, pw.pw_gid)
-        install = subprocess.run(
-            ["runuser", "-u", TEST_USER, "--", "env", "-u", "PYTHONPATH", f"HOME={home}", "sh", "-ec",
-             f'{python} -m venv "$HOME/venv"; "$HOME/venv/bin/pip" install -q --no-index '
-             f'--find-links {wheels} zcfs'],
-            capture_output=True, text=True, timeout=600)
-        assert install.returncode == 0, install.stderr
-        yield home / "venv" / "bin" / "zcfs"
+        before = _tree_state(checkout)
+        commands = "\n".join(line.replace("/path/to/zcfs-checkout", str(checkout)) for line in README_INSTALL)
+        result = subprocess.run(
+            ["runuser", "-u", TEST_USER, "--", "env", "-u", "PYTHONPATH", f"HOME={home}", "PATH=/usr/bin:/bin",
+             "PIP_NO_INDEX=1", f"PIP_FIND_LINKS={wheels}", "sh", "-ec", f"cd\n{commands}\n"],
+            capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+        after = _tree_state(checkout)
+        changed = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
+        yield UserInstall(result, changed, home / ".local" / "zcfs" / "bin" / "zcfs")
     finally:
-        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(area, ignore_errors=True)
+
+
+@pytest.fixture
+def user_zcfs(user_install):
+    """The `zcfs` command of the test user's own install (see user_install)."""
+    if user_install.result.returncode != 0:
+        pytest.fail(f"the user's install failed: {user_install.result.stderr.strip()[-2000:]}")
+    return user_install.zcfs
+
+
+def test_user_installs_from_a_read_only_checkout(user_install):
+    """The README's per-user install works from a checkout the user cannot write to, and writes nothing there."""
+    result = user_install.result
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert user_install.checkout_changed == []
+    version = subprocess.run(["runuser", "-u", TEST_USER, "--", user_install.zcfs, "--version"],
+                             capture_output=True, text=True, timeout=TIMEOUT)
+    assert (version.returncode, version.stdout, version.stderr) == (0, f"zcfs {zcfs.__version__}\n", "")
 
 
 # -- as an ordinary user ------------------------------------------------------

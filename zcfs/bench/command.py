@@ -17,7 +17,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from ..usage import ArgumentParser
+from ..usage import ArgumentParser, import_optional
 from ..mount import UsageError
 from . import report
 from .configs import DIRECT, MountFailed, parse_compare, zcfs
@@ -124,6 +124,8 @@ def main(argv: list[str]) -> int:
     try:
         ns = parse_args(argv)
         _check_tools()
+        if not ns.no_chart:  # say so now, not after the whole run
+            import_optional("matplotlib", "the chart", "bench", otherwise="--no-chart")
     except UsageError as exc:
         print(f"zcfs bench: {exc}", file=sys.stderr)
         return 2
@@ -140,10 +142,6 @@ def main(argv: list[str]) -> int:
     stem.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n")
     print(json.dumps(doc, indent=1) if ns.json else report.table(doc))
     if not ns.no_chart:
-        try:
-            report.chart(doc, stem.with_suffix(".png"))
-        except ImportError:
-            print("zcfs bench: no chart: matplotlib is not installed (scripts/setup.sh installs it)",
-                  file=sys.stderr)
+        report.chart(doc, stem.with_suffix(".png"))
     return 0
 
