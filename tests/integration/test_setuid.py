@@ -174,7 +174,7 @@ def test_setuid_program_through_python_api(engine, explicit, area, user_uid):
 
 
 def test_remount_through_mount8_keeps_nosuid_nodev(area, user_uid, namespace):
-    """mount.fuse3 appends dev,suid to a remount too: `mount -o remount,ro` must not turn them on."""
+    """`mount -o remount,ro` and back through mount(8) and mount.fuse3 leave nosuid,nodev on."""
     backing, mnt = area / "backing", area / "mnt"
     fstab = area / "fstab"
     fstab.write_text(f"{backing} {mnt} fuse.zcfs defaults,allow_other 0 0\n")
