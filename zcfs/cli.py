@@ -14,7 +14,8 @@ import sys
 from typing import Callable, Iterator
 
 from . import __version__, syscalls
-from .mount import ENGINES, TIERS, MountConfig, check_paths, filesystem_type, parse_options
+from .mount import (ENGINES, TIERS, MountConfig, check_paths, filesystem_type, parse_options,
+                    without_mount_fuse_additions)
 from .usage import ArgumentParser, UsageError, import_optional
 
 log = logging.getLogger("zcfs")
@@ -65,7 +66,8 @@ def parse_args(args: list[str]) -> tuple[MountConfig, argparse.Namespace]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    # Here, once: the daemon started below gets the cleaned command line (its own has -f).
+    argv = without_mount_fuse_additions(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SUBCOMMANDS:
         return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
     try:

@@ -71,6 +71,11 @@ def _mount_flag(config: MountConfig, name: str, value: str) -> dict[str, object]
     return {"read_only": name == "ro"} if name in ("ro", "rw") else None
 
 
+def _flag_alias(flag: str) -> Handler:
+    """Another name for a mount flag, one that mount(8) hands over (it drops `suid` and `dev`)."""
+    return lambda config, name, value: _mount_flag(config, flag, "")
+
+
 def _fs_seconds(config: MountConfig, name: str, value: str) -> dict[str, object]:
     try:
         seconds = float(value)
@@ -133,6 +138,8 @@ OPTIONS: dict[str, Option] = {
         # atime: on the mount, and on the backing files through a noatime view of the backing dir
         "noatime", "atime", "nodiratime", "diratime", "relatime", "norelatime", "strictatime",
         "nostrictatime")},
+    "allow_suid": (False, _flag_alias("suid")),
+    "allow_dev": (False, _flag_alias("dev")),
     "allow_other": (False, _setting("allow_other", True)),
     "default_permissions": (False, _setting("default_permissions", True)),
     "nodefault_permissions": (False, _setting("default_permissions", False)),
@@ -191,6 +198,29 @@ def parse_options(specs: list[str], config: MountConfig) -> None:
         raise UsageError("option writeback_cache needs the native engine and a --zero-copy other than passthrough")
     # Applied last: options given beside a cache policy refine it, in whatever order they came.
     config.fs = dataclasses.replace(config.fs, **fs_changes)
+
+
+def without_mount_fuse_additions(args: list[str]) -> list[str]:
+    """The command line without the `dev`/`suid` that mount.fuse3 adds on its own.
+
+    mount(8) runs libfuse's mount.fuse3 for type fuse.zcfs, which runs
+    `zcfs SOURCE MOUNTPOINT -o OPTIONS` and appends `dev` unless OPTIONS hold
+    `nodev`, then `suid` unless they hold `nosuid`: mount(2)'s defaults, not
+    zcfs's `nosuid,nodev`. A `suid`/`dev` the user wrote cannot be among them:
+    mount(8) (util-linux 2.38) drops those before any helper sees them, and
+    one that gets through stays in place with mount.fuse3's appended after
+    it. So that exact ending of a lone `-o` goes, whoever wrote it: a command
+    line typed that way only loses `dev,suid`, the safe side.
+    """
+    if len(args) != 4 or args[2] != "-o" or args[0].startswith("-") or args[1].startswith("-"):
+        return args
+    items = args[3].split(",")
+    for added in (["dev", "suid"], ["suid"], ["dev"]):
+        given = items[:-len(added)]
+        appended = ["dev"] * ("nodev" not in given) + ["suid"] * ("nosuid" not in given)
+        if items[-len(added):] == added and appended == added:
+            return [*args[:3], ",".join(given)]
+    return args
 
 
 def _mountinfo_fields(path: str) -> list[bytes] | None:

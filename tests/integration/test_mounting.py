@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import pwd
+import shlex
 import shutil
 import signal
 import subprocess
@@ -375,17 +376,70 @@ def test_mount_t_fuse_zcfs_and_fstab(mode, tmp_path, namespace):
     result = ns.run("mount", mnt)
     assert result.returncode == 0, result.stderr
     assert ns.run("cat", mnt / "hello").stdout == "hello\n"
+    flags = ns.run("findmnt", "-no", "OPTIONS", mnt).stdout.strip().split(",")
+    assert "nosuid" in flags and "nodev" in flags, flags  # though mount.fuse3 appends dev,suid
 
     # remount read-only and back, as fstab users and scripts do
     assert ns.run("mount", "-o", "remount,ro", mnt).returncode == 0
-    assert "ro" in ns.run("findmnt", "-no", "OPTIONS", mnt).stdout.split(",")
+    flags = ns.run("findmnt", "-no", "OPTIONS", mnt).stdout.strip().split(",")
+    assert "ro" in flags and "nosuid" in flags and "nodev" in flags, flags
     refused = ns.run("sh", "-c", f"echo x > {mnt}/new")
     assert refused.returncode != 0 and "Read-only file system" in refused.stderr
     assert not (backing / "new").exists()
     assert ns.run("mount", "-o", "remount,rw", mnt).returncode == 0
     assert ns.run("sh", "-c", f"echo x > {mnt}/new").returncode == 0
     assert (backing / "new").read_text() == "x\n"
+    flags = ns.run("findmnt", "-no", "OPTIONS", mnt).stdout.strip().split(",")
+    assert "nosuid" in flags and "nodev" in flags, flags
     assert ns.run("umount", mnt).returncode == 0
+    assert ns.mounts(mnt) == []
+
+
+def _readme_fstab_section() -> list[str]:
+    """The lines of the sh block in the README's "fstab, `mount(8)` and systemd"."""
+    section = (CHECKOUT / "README.md").read_text().split("### fstab, `mount(8)` and systemd\n", 1)[1]
+    return section.split("```sh\n", 1)[1].split("```", 1)[0].splitlines()
+
+
+def test_readme_fstab_section(tmp_path, namespace):
+    """The README's fstab section as written, its /srv/data and /mnt/data being temporary dirs."""
+    backing, mnt = tmp_path / "backing", tmp_path / "mnt"
+    backing.mkdir()
+    mnt.mkdir()
+    (backing / "hello").write_bytes(b"hello\n")
+    lines = [line.replace("/srv/data", str(backing)).replace("/mnt/data", str(mnt))
+             for line in _readme_fstab_section()]
+    fstab_line = lines[lines.index("# /etc/fstab:") + 1]
+    commands = [shlex.split(line) for line in lines if not line.startswith("#") and line != fstab_line]
+    assert [c[:2] for c in commands] == [["mount", "-t"], ["mount", str(mnt)], ["mount", "-o"],
+                                         ["umount", str(mnt)]], commands
+    (tmp_path / "fstab").write_text(fstab_line + "\n")
+    ns = namespace(_zcfs_on_path(tmp_path / "bin") + f"mount --bind {tmp_path / 'fstab'} /etc/fstab\n"
+                   "mount -t tmpfs zcfs-test-run /run/mount\n")
+
+    def flags() -> list[str]:
+        return ns.run("findmnt", "-no", "OPTIONS", mnt).stdout.strip().split(",")
+
+    mount_t, mount_fstab, remount_ro, umount = commands
+    result = ns.run(*mount_t)
+    assert result.returncode == 0, result.stderr
+    assert ns.run("cat", mnt / "hello").stdout == "hello\n"
+    assert "nosuid" in flags() and "nodev" in flags() and "allow_other" in ns.run(
+        "findmnt", "-no", "FS-OPTIONS", mnt).stdout, flags()
+    assert ns.run("umount", mnt).returncode == 0  # the fstab line mounts the same place
+
+    result = ns.run(*mount_fstab)
+    assert result.returncode == 0, result.stderr
+    assert ns.run("cat", mnt / "hello").stdout == "hello\n"
+    assert "nosuid" in flags() and "nodev" in flags(), flags()
+
+    result = ns.run(*remount_ro)
+    assert result.returncode == 0, result.stderr
+    assert "ro" in flags() and "nosuid" in flags() and "nodev" in flags(), flags()
+    refused = ns.run("sh", "-c", f"echo x > {mnt}/new")
+    assert refused.returncode != 0 and "Read-only file system" in refused.stderr
+
+    assert ns.run(*umount).returncode == 0
     assert ns.mounts(mnt) == []
 
 
