@@ -119,6 +119,11 @@ class Docker:
         self.host = Namespace("mount -t tmpfs zcfs-test-run /run\n"
                               "[ ! -d /etc/docker ] || mount -t tmpfs zcfs-test-etc /etc/docker")
         self.log = open(root / "dockerd.log", "wb")
+        self.daemon: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        """Start dockerd in the namespace, and import the test image."""
+        root = self.root
         self.daemon = subprocess.Popen(
             ["nsenter", "-t", str(self.host.init), "-m", "-p", "--", DOCKERD,
              "--data-root", root / "data", "--exec-root", root / "exec", "--host", self.env["DOCKER_HOST"],
@@ -184,7 +189,7 @@ class Docker:
     def close(self) -> None:
         """Remove every container, stop dockerd by its pid, kill the namespace, remove the cgroups."""
         try:
-            if self.daemon.poll() is None:
+            if self.daemon is not None and self.daemon.poll() is None:
                 ids = self("ps", "-aq").stdout.split()
                 if ids:
                     self("rm", "-f", *ids)
@@ -198,7 +203,8 @@ class Docker:
                     pass  # killing the namespace ends it
         finally:
             self.host.close()
-            self.daemon.wait()
+            if self.daemon is not None:
+                self.daemon.wait()
             self.log.close()
             for hierarchy in Path("/sys/fs/cgroup").glob("*"):
                 parent = hierarchy / self.cgroup_parent
@@ -218,6 +224,7 @@ def docker():
     try:
         daemon = Docker(root)
         try:
+            daemon.start()
             yield daemon
         finally:
             daemon.close()
@@ -248,8 +255,12 @@ def _killed(docker: Docker, name: str, mirror: Path) -> None:
     assert docker.stat_errno(mirror) == 107, "expected ENOTCONN from the dead mount"  # errno.ENOTCONN
 
 
-def _mirrors(docker: Docker, mirror: Path) -> bool:
-    return wait_until(lambda: docker.read(mirror / "hello") == "hello\n", TIMEOUT)
+def _mirrors(docker: Docker, name: str, mirror: Path) -> bool:
+    """Wait until the host sees the backing dir through `mirror`; False early if the container exits."""
+    def settled() -> bool:
+        status = docker("inspect", "-f", "{{.State.Status}}", name).stdout.strip()
+        return status == b"exited" or docker.read(mirror / "hello") == "hello\n"
+    return wait_until(settled, TIMEOUT) and docker.read(mirror / "hello") == "hello\n"
 
 
 def test_killed_container_comes_back_with_the_dockerfile_layout(docker, host_dirs):
@@ -265,19 +276,19 @@ def test_killed_container_comes_back_with_the_dockerfile_layout(docker, host_dir
     run = docker.run_args(name, data, shared)
 
     docker(*run, check=True)
-    assert _mirrors(docker, mirror), docker("logs", name).stderr.decode()
+    assert _mirrors(docker, name, mirror), docker("logs", name).stderr.decode()
     _killed(docker, name, mirror)
     assert docker.fuse_mounts(shared) == [str(mirror)]  # the dead one
 
     docker("start", name, check=True)
-    assert _mirrors(docker, mirror), docker("logs", name).stderr.decode()
+    assert _mirrors(docker, name, mirror), docker("logs", name).stderr.decode()
     assert STALE_NOTE in docker("logs", name).stderr.decode()
     assert docker.fuse_mounts(shared) == [str(mirror)], "the dead mount's unmount did not reach the host"
 
     _killed(docker, name, mirror)
     docker("rm", name, check=True)
     docker(*run, check=True)  # the very same command as the first time
-    assert _mirrors(docker, mirror), docker("logs", name).stderr.decode()
+    assert _mirrors(docker, name, mirror), docker("logs", name).stderr.decode()
     assert STALE_NOTE in docker("logs", name).stderr.decode()
     assert docker.fuse_mounts(shared) == [str(mirror)], "the dead mount's unmount did not reach the host"
 
@@ -293,7 +304,7 @@ def test_killed_container_at_the_volume_root_blocks_the_next_run(docker, host_di
     run = [*docker.run_args(name, data, shared), "/data", str(VOLUME)]
 
     docker(*run, check=True)
-    assert _mirrors(docker, shared), docker("logs", name).stderr.decode()
+    assert _mirrors(docker, name, shared), docker("logs", name).stderr.decode()
     _killed(docker, name, shared)
 
     started = docker("start", name)
@@ -306,7 +317,7 @@ def test_killed_container_at_the_volume_root_blocks_the_next_run(docker, host_di
     assert docker.fuse_mounts(shared) == []
     docker("rm", "-f", name, check=True)  # the failed run left a created container
     docker(*run, check=True)
-    assert _mirrors(docker, shared), docker("logs", name).stderr.decode()
+    assert _mirrors(docker, name, shared), docker("logs", name).stderr.decode()
     docker("stop", name, check=True)
     assert docker.fuse_mounts(shared) == []
 
@@ -320,12 +331,12 @@ def test_crashed_zcfs_is_restarted_by_docker(docker, host_dirs):
     mirror.mkdir()
     run = docker.run_args(name, data, shared)
     docker(*run[:2], "--restart", "unless-stopped", *run[2:], check=True)
-    assert _mirrors(docker, mirror), docker("logs", name).stderr.decode()
+    assert _mirrors(docker, name, mirror), docker("logs", name).stderr.decode()
 
     pid = docker("inspect", "-f", "{{.State.Pid}}", name, check=True).stdout.decode().strip()
     assert docker.host.run("kill", "-KILL", pid).returncode == 0  # dockerd's pid namespace is the host's
     assert wait_until(lambda: docker("inspect", "-f", "{{.RestartCount}}", name).stdout.strip() != b"0", TIMEOUT)
-    assert _mirrors(docker, mirror), docker("logs", name).stderr.decode()
+    assert _mirrors(docker, name, mirror), docker("logs", name).stderr.decode()
     assert STALE_NOTE in docker("logs", name).stderr.decode()
     assert docker.fuse_mounts(shared) == [str(mirror)]
     docker("stop", name, check=True)
