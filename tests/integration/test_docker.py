@@ -19,6 +19,7 @@ which run the Dockerfile's ENTRYPOINT and CMD.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -252,7 +253,7 @@ def _killed(docker: Docker, name: str, mirror: Path) -> None:
     # The kernel may answer stat from its attribute cache for a second after
     # the daemon died; Docker trips on the dead mount once that runs out.
     assert wait_until(lambda: docker.stat_errno(mirror) != 0, TIMEOUT), "the dead mount still answers stat"
-    assert docker.stat_errno(mirror) == 107, "expected ENOTCONN from the dead mount"  # errno.ENOTCONN
+    assert docker.stat_errno(mirror) == errno.ENOTCONN, "expected ENOTCONN from the dead mount"
 
 
 def _mirrors(docker: Docker, name: str, mirror: Path) -> bool:
