@@ -2,8 +2,9 @@
 # (SIGTERM) unmounts cleanly. See the README's "Containers" section.
 #
 #   docker build -t zcfs .
+#   mkdir -p /mnt/zcfs/mirror && mount --bind /mnt/zcfs /mnt/zcfs && mount --make-shared /mnt/zcfs
 #   docker run -d --name zcfs --device /dev/fuse --cap-add SYS_ADMIN \
-#       -v /srv/data:/data -v /mnt/zcfs:/mnt/zcfs:rshared zcfs
+#       -v /srv/data:/data -v /mnt/zcfs:/mnt/zcfs:rshared zcfs     # /srv/data at /mnt/zcfs/mirror
 #
 # BASE: any Debian 12 image. PIP_OPTS: extra pip options, e.g. for a build
 # without an index: --build-arg PIP_OPTS="--no-index --find-links /src/wheels"
@@ -27,8 +28,11 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/zcfs /opt/zcfs
 ENV PATH=/opt/zcfs/bin:$PATH
-RUN mkdir -p /data /mnt/zcfs
+RUN mkdir -p /data /mnt/zcfs/mirror
 # The daemon unmounts and exits on SIGTERM, well within docker stop's 10 s.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["zcfs", "-f"]
-CMD ["/data", "/mnt/zcfs"]
+# One level below the shared volume, never at its root: a killed container's
+# dead mount is then not the volume's source, which Docker would refuse, and
+# the next container's zcfs clears it (the unmount propagates to the host).
+CMD ["/data", "/mnt/zcfs/mirror"]

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(fuse3 libfuse3-dev pkg-config gcc fio stress-ng attr acl libcap2-bin rsync git tar psmisc mergerfs)
+packages=(fuse3 libfuse3-dev pkg-config gcc fio stress-ng attr acl libcap2-bin rsync git tar psmisc mergerfs docker.io)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
