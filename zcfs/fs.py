@@ -64,6 +64,9 @@ class FsOptions:
     cache_dir: bool = False  # let the kernel keep directory listings (FOPEN_CACHE_DIR)
     read_only: bool = False
     noatime: bool = False  # open backing files with O_NOATIME where permitted (see _open_backing)
+    # -o strictatime: every read must reach the backing file (its atime), so
+    # opens off the passthrough tier bypass the mount's page cache, as direct_io.
+    strictatime: bool = False
 
 
 _DAY = 86400.0
@@ -445,7 +448,8 @@ class ZcfsOperations(pyfuse3.Operations):
         fh = self._new_fh()
         self._files[fh] = OpenFile(fd, inode, flags)
         self.inodes.pin(inode)  # an open file may be unlinked: keep its inode's fd
-        return pyfuse3.FileInfo(fh=fh, keep_cache=self.options.keep_cache, direct_io=self.options.direct_io)
+        direct_io = self.options.direct_io or self.options.strictatime
+        return pyfuse3.FileInfo(fh=fh, keep_cache=self.options.keep_cache, direct_io=direct_io)
 
     @_errors
     async def open(self, inode: int, flags: int, ctx: Any, kill_setid: bool | None = None) -> pyfuse3.FileInfo:

@@ -65,10 +65,16 @@ Handler = Callable[["MountConfig", str, str], "dict[str, object] | None"]
 Option = tuple[bool | None, Handler]
 
 
+# The atime options that turn MS_STRICTATIME on or off (devfuse.MOUNT_FLAGS), the last one winning.
+_STRICTATIME = {"strictatime": True, "nostrictatime": False, "noatime": False, "relatime": False}
+
+
 def _mount_flag(config: MountConfig, name: str, value: str) -> dict[str, object] | None:
     """A mount(2) flag (zcfs.engine.devfuse knows its bits)."""
     config.flag_options.append(name)
-    return {"read_only": name == "ro"} if name in ("ro", "rw") else None
+    if name in ("ro", "rw"):
+        return {"read_only": name == "ro"}
+    return {"strictatime": _STRICTATIME[name]} if name in _STRICTATIME else None
 
 
 def _flag_alias(flag: str) -> Handler:

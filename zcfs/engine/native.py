@@ -794,6 +794,9 @@ _CAPABILITIES = (
     # We clear set-id bits (fs._kill_setid), so write(2) stops asking for
     # security.capability before every write.
     "HANDLE_KILLPRIV_V2",
+    # Shared mappings of direct_io files (cache=never, -o direct_io, strictatime),
+    # which the kernel otherwise refuses with ENODEV.
+    "DIRECT_IO_ALLOW_MMAP",
     "INIT_EXT", "PASSTHROUGH", "WRITEBACK_CACHE",
 )
 _WANT = 0
