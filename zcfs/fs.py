@@ -23,6 +23,7 @@ import functools
 import logging
 import os
 import stat
+import threading
 from typing import Any, Callable, Iterator
 
 import pyfuse3
@@ -137,6 +138,11 @@ class ZcfsOperations(pyfuse3.Operations):
     # POSIX ACLs enforced and cached by the kernel (FUSE_POSIX_ACL); the
     # pyfuse3 engine sets it per mount (it needs default_permissions).
     enable_acl = True
+    # Whether the kernel may complete an O_DIRECT write before its WRITEs are
+    # answered (FUSE_ASYNC_DIO: libfuse always asks for it). It then does not
+    # drop the pages buffered readers brought back meanwhile, so the daemon
+    # must (see write). The native engine never asks for it.
+    async_direct_writes = True
 
     def __init__(self, backing_dir: str, options: FsOptions = FsOptions(), stats: Any = None,
                  backing_type: str | None = None) -> None:
@@ -511,7 +517,34 @@ class ZcfsOperations(pyfuse3.Operations):
     async def write(self, fh: int, off: int, buf: bytes, ctx: Any = None, kill_setid: bool = False) -> int:
         """Write at `off`; `kill_setid`: the writer in `ctx` lacks CAP_FSETID
         (FUSE_WRITE_KILL_SUIDGID), so set-id bits go first, as locally."""
-        return await self.run_blocking(os.pwrite, self.write_fd(fh, ctx, kill_setid), buf, off)
+        opened = self.file(fh)
+        written = await self.run_blocking(os.pwrite, self.write_fd(fh, ctx, kill_setid), buf, off)
+        if opened.flags & os.O_DIRECT and self.async_direct_writes:
+            # Pages read while this WRITE waited hold the old bytes: dropped
+            # before the reply, which may complete an asynchronous direct write.
+            await self.drop_cached_data(opened.inode.number)
+        return written
+
+    async def drop_cached_data(self, nodeid: int) -> None:
+        """Have the kernel forget the cached pages (and attributes) of `nodeid`.
+
+        Here (pyfuse3's loop) from a thread: the kernel waits for pages being
+        read, whose READ replies this loop sends. Waited for a second at most:
+        a WRITE from the kernel's writeback of a shared writable mapping of the
+        same handle holds a page the drop would wait for until we reply.
+        """
+        dropped = threading.Event()
+
+        def drop() -> None:
+            try:
+                pyfuse3.invalidate_inode(nodeid, False)
+            except OSError as exc:  # the kernel no longer knows the inode: nothing cached
+                log.debug("invalidate_inode(%d): %s", nodeid, exc)
+            finally:
+                dropped.set()
+
+        threading.Thread(target=drop, name="zcfs-drop-cache", daemon=True).start()
+        await self.run_blocking(dropped.wait, 1.0)
 
     def write_fd(self, fh: int, ctx: Any = None, kill_setid: bool = False) -> int:
         """The backing fd a WRITE of handle `fh` goes to, set-id bits cleared first

@@ -1,19 +1,35 @@
 """The mount's page cache against what the backing file sees (issue 19).
 
-`-o strictatime`: every read reaches the backing file, so its atime moves
-on every read, not only the first (off the passthrough tier the mount's
-page cache would answer the second one without asking the daemon).
+* `-o strictatime`: every read reaches the backing file, so its atime moves
+  on every read, not only the first (off the passthrough tier the mount's
+  page cache would answer the second one without asking the daemon).
+* An asynchronous O_DIRECT write (libaio, through fio) while buffered reads
+  fill the page cache: a read after the write completes sees the new bytes.
+
+The race in the second is made deterministic, not waited out: a thread
+writes the backing file directly from a buffer whose page is missing and
+handled by a userfaultfd we never answer until we choose. The backing
+filesystem holds the file's inode lock across that fault, so the daemon's
+pwrite for the O_DIRECT WRITE waits behind it, while its preads (which
+take no inode lock) go on serving the old bytes.
 """
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import mmap
 import os
+import select
 import shutil
+import struct
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
+
+from conftest import wait_until
 
 PAGE = mmap.PAGESIZE
 
@@ -72,3 +88,116 @@ def test_strictatime_shared_mmap(mode, mount_factory):
             assert refused.value.errno == 19  # ENODEV
         else:
             assert _mapped_bytes(f.fileno(), mmap.MAP_SHARED) == b"map!" * 1024
+
+
+# -- item 7: an asynchronous O_DIRECT write and buffered readers ----------
+
+_SYS_USERFAULTFD = 323  # x86_64
+_UFFDIO_API = 0xC018AA3F
+_UFFDIO_REGISTER = 0xC020AA00
+_UFFDIO_COPY = 0xC028AA03
+_UFFD_API = 0xAA
+_UFFDIO_REGISTER_MODE_MISSING = 1
+_UFFD_EVENT_PAGEFAULT = 0x12
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class StalledWrite:
+    """A direct write(2) to a backing file that stops inside the backing filesystem,
+    holding the file's inode lock, until `release()`: its source page is missing and
+    only our userfaultfd can bring it in."""
+
+    def __init__(self, path: Path, offset: int, data: bytes) -> None:
+        assert len(data) == PAGE
+        self._data = data
+        self._uffd = _libc.syscall(_SYS_USERFAULTFD, os.O_CLOEXEC | os.O_NONBLOCK)
+        if self._uffd < 0:
+            pytest.skip(f"no userfaultfd here: {os.strerror(ctypes.get_errno())}")
+        fcntl.ioctl(self._uffd, _UFFDIO_API, bytearray(struct.pack("QQQ", _UFFD_API, 0, 0)))
+        # Private anonymous memory, never touched: its page stays missing.
+        self._source = mmap.mmap(-1, PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self._address = ctypes.addressof(ctypes.c_char.from_buffer(self._source))
+        fcntl.ioctl(self._uffd, _UFFDIO_REGISTER,
+                    bytearray(struct.pack("QQQQ", self._address, PAGE, _UFFDIO_REGISTER_MODE_MISSING, 0)))
+        self._fd = os.open(path, os.O_WRONLY)
+        self._thread = threading.Thread(target=os.pwrite, args=(self._fd, self._source, offset))
+        self._released = False
+
+    def __enter__(self) -> "StalledWrite":
+        self._thread.start()
+        # Stalled once the backing filesystem, inode locked, faults on the source page.
+        ready, _, _ = select.select([self._uffd], [], [], 30)
+        assert ready, "the backing write never faulted"
+        event = os.read(self._uffd, 32)
+        assert event[0] == _UFFD_EVENT_PAGEFAULT
+        return self
+
+    def release(self) -> None:
+        """Bring the page in: the stalled write completes, then whatever waited on the lock."""
+        if self._released:
+            return
+        self._released = True
+        source = mmap.mmap(-1, PAGE)
+        source[:] = self._data
+        copy = struct.pack("QQQQq", self._address, ctypes.addressof(ctypes.c_char.from_buffer(source)), PAGE, 0, 0)
+        fcntl.ioctl(self._uffd, _UFFDIO_COPY, bytearray(copy))
+        self._thread.join()
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+        os.close(self._fd)
+        os.close(self._uffd)
+
+
+def _fio_direct_write(path: Path, offset: int, size: int, fill: bytes) -> subprocess.Popen:
+    """One asynchronous O_DIRECT write of `size` bytes of `fill` at `offset` (libaio), not waited for."""
+    if shutil.which("fio") is None:
+        pytest.skip("fio not installed (scripts/setup.sh)")
+    return subprocess.Popen(
+        ["fio", "--name=direct", f"--filename={path}", "--rw=write", f"--offset={offset}", f"--size={size}",
+         f"--bs={size}", "--ioengine=libaio", "--iodepth=1", "--direct=1", f"--buffer_pattern=0x{fill.hex()}",
+         "--fallocate=none", "--invalidate=0", "--output=/dev/null"],
+        stdout=subprocess.DEVNULL)
+
+
+def test_async_direct_write_leaves_no_stale_pages(mode, mount_factory):
+    """Buffered reads while an asynchronous O_DIRECT write is under way: once it completes,
+    a fresh buffered read returns the new bytes, on every engine and tier.
+
+    The kernel drops the written range from the mount's page cache before the
+    write; pages read back in while the WRITE waits in the daemon hold the old
+    bytes. After a direct write it completes synchronously it drops them again;
+    after an asynchronous one (FUSE_ASYNC_DIO, which libfuse asks for) it does
+    not, and only a changed mtime (FUSE_AUTO_INVAL_DATA) would give them away.
+    The mtime gives nothing away when a reader's GETATTR lands between the
+    daemon's pwrite and the completion (the racing readers of the report), or
+    on a backing filesystem whose timestamps are coarser than the write (1 s on
+    ext4 with 128-byte inodes, 2 s on FAT): the test puts the mtime back to
+    what the kernel last saw, so that only an explicit drop can save the read.
+    """
+    mount = mount_factory(mode)
+    old, new = b"o", b"N"
+    size = 16 * PAGE
+    (mount.path / "f").write_bytes(old * (2 * size))
+    assert (mount.path / "f").read_bytes() == old * (2 * size)  # in the page cache
+    passes_through = mount.stats()["read"]["passthrough"]["opens"] > 0
+    with StalledWrite(mount.backing / "f", size, old * PAGE) as stalled:  # outside the direct write's range
+        writer = _fio_direct_write(mount.path / "f", 0, size, new)
+        try:
+            # Reads must come after the kernel dropped the range and sent the WRITE, which
+            # then waits on the inode lock in the daemon (on passthrough the kernel writes
+            # the backing file itself, and no page of the mount's is involved).
+            assert wait_until(lambda: passes_through or mount.stats()["gauges"]["in_flight"] >= 2, timeout=30), \
+                "the WRITE never reached the daemon"
+            assert (mount.path / "f").read_bytes() == old * (2 * size)  # the old bytes, cached again
+            seen = (mount.backing / "f").stat()  # the kernel has just asked for these attributes
+            stalled.release()
+            assert writer.wait(timeout=60) == 0
+        finally:
+            if writer.poll() is None:
+                stalled.release()
+                writer.wait(timeout=60)
+    assert (mount.backing / "f").read_bytes() == new * size + old * size
+    os.utime(mount.backing / "f", ns=(seen.st_atime_ns, seen.st_mtime_ns))
+    assert (mount.path / "f").read_bytes() == new * size + old * size, "stale pages after the direct write"

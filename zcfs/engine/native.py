@@ -118,6 +118,9 @@ class Session:
         if config.fs.writeback_cache and best == "passthrough":
             best = "splice"  # the kernel refuses passthrough with the writeback cache
         self.tiers = TierChooser(dev_fd, best, stats)
+        # FUSE_ASYNC_DIO is never asked for (_CAPABILITIES): the kernel waits
+        # for every direct write and drops the pages it covers itself.
+        ops.async_direct_writes = False
         self.negotiated: Negotiated | None = None
         self._buffer_size = abi.FUSE_MIN_READ_BUFFER
         # Held while a request touches the filesystem's state; see run_blocking.
