@@ -12,7 +12,8 @@ from zcfs.proto import abi
 from zcfs.proto.replies import (
     DirentBuffer, pack_attr, pack_attr_out, pack_bmap_out, pack_copy_file_range_out,
     pack_create_out, pack_data, pack_empty, pack_entry_out, pack_error, pack_getxattr_size,
-    pack_lk_out, pack_lseek_out, pack_notify_inval_inode, pack_open_out, pack_out_header,
+    pack_lk_out, pack_lseek_out, pack_notify_delete, pack_notify_inc_epoch, pack_notify_inval_entry,
+    pack_notify_inval_inode, pack_open_out, pack_out_header,
     pack_statfs_out, pack_write_out,
 )
 
@@ -53,6 +54,23 @@ def test_notify_inval_inode():
     # unique 0, error = the notify code; fuse_notify_inval_inode_out: ino, off (signed), len
     assert split(pack_notify_inval_inode(U)) == (abi.FUSE_NOTIFY_INVAL_INODE, 0, struct.pack("<QqQ", U, -1, 0))
     assert split(pack_notify_inval_inode(7, 4096, 8192))[2] == struct.pack("<Qqq", 7, 4096, 8192)
+
+
+def test_notify_inval_entry():
+    # fuse_notify_inval_entry_out: parent, namelen, flags; the name, then a NUL not counted in namelen
+    assert split(pack_notify_inval_entry(U, b"name")) == (
+        abi.FUSE_NOTIFY_INVAL_ENTRY, 0, struct.pack("<QII", U, 4, 0) + b"name\0")
+    assert split(pack_notify_inval_entry(5, b"x", expire_only=True))[2] == struct.pack("<QII", 5, 1, 1) + b"x\0"
+
+
+def test_notify_delete():
+    # fuse_notify_delete_out: parent, child, namelen, padding; the name and a NUL
+    assert split(pack_notify_delete(1, U, b"gone")) == (
+        abi.FUSE_NOTIFY_DELETE, 0, struct.pack("<QQII", 1, U, 4, 0) + b"gone\0")
+
+
+def test_notify_inc_epoch_has_no_body():
+    assert split(pack_notify_inc_epoch()) == (abi.FUSE_NOTIFY_INC_EPOCH, 0, b"")
 
 
 def test_empty_and_data():

@@ -152,6 +152,11 @@ FUSE_NOTIFY_RESEND = 7
 FUSE_NOTIFY_INC_EPOCH = 8
 # fuse_notify_inval_inode_out: ino, off (< 0: attributes only), len.
 NOTIFY_INVAL_INODE_OUT = struct.Struct("<Qqq")
+# fuse_notify_inval_entry_out: parent, namelen, flags; then the name and a NUL.
+NOTIFY_INVAL_ENTRY_OUT = struct.Struct("<QII")
+# fuse_notify_delete_out: parent, child, namelen, padding; then the name and a NUL.
+NOTIFY_DELETE_OUT = struct.Struct("<QQII")
+# FUSE_NOTIFY_INC_EPOCH (7.44) has no body.
 
 # --- /dev/fuse ioctls --------------------------------------------------------
 

@@ -67,8 +67,30 @@ def pack_error(unique: int, errno_positive: int) -> bytes:
 def pack_notify_inval_inode(nodeid: int, offset: int = -1, length: int = 0) -> bytes:
     """FUSE_NOTIFY_INVAL_INODE: the kernel drops its cached attributes of
     ``nodeid`` (and its page cache from ``offset`` on, unless negative)."""
-    body = abi.NOTIFY_INVAL_INODE_OUT.pack(nodeid, offset, length)
-    return abi.OUT_HEADER.pack(abi.OUT_HEADER.size + len(body), abi.FUSE_NOTIFY_INVAL_INODE, 0) + body
+    return _notify(abi.FUSE_NOTIFY_INVAL_INODE, abi.NOTIFY_INVAL_INODE_OUT.pack(nodeid, offset, length))
+
+
+def _notify(code: int, body: bytes) -> bytes:
+    """A notification: unique 0, the code in the error field (fuse.h, enum fuse_notify_code)."""
+    return abi.OUT_HEADER.pack(abi.OUT_HEADER.size + len(body), code, 0) + body
+
+
+def pack_notify_inval_entry(parent: int, name: bytes, expire_only: bool = False) -> bytes:
+    """FUSE_NOTIFY_INVAL_ENTRY: the kernel drops ``name`` in directory
+    ``parent`` from its dentry cache (with FUSE_EXPIRE_ONLY: only expires it)."""
+    flags = abi.FUSE_EXPIRE_ONLY if expire_only else 0
+    return _notify(abi.FUSE_NOTIFY_INVAL_ENTRY,
+                   abi.NOTIFY_INVAL_ENTRY_OUT.pack(parent, len(name), flags) + name + b"\0")
+
+
+def pack_notify_delete(parent: int, child: int, name: bytes) -> bytes:
+    """FUSE_NOTIFY_DELETE: ``name`` in ``parent``, which was node ``child``, is gone."""
+    return _notify(abi.FUSE_NOTIFY_DELETE, abi.NOTIFY_DELETE_OUT.pack(parent, child, len(name), 0) + name + b"\0")
+
+
+def pack_notify_inc_epoch() -> bytes:
+    """FUSE_NOTIFY_INC_EPOCH: every dentry the kernel holds must be looked up again."""
+    return _notify(abi.FUSE_NOTIFY_INC_EPOCH, b"")
 
 
 def pack_empty(unique: int) -> bytes:
