@@ -24,6 +24,13 @@ class ListOf:
         self.length = length
 
 
+class Nullable:
+    """null, or a value of one shape."""
+
+    def __init__(self, shape: Any) -> None:
+        self.shape = shape
+
+
 class Open:
     """A JSON object with these keys at least; others of shape `extra`."""
 
@@ -46,6 +53,12 @@ SHAPE = {
     "read": _DATA,
     "write": _DATA,
     "fallbacks": MapOf(int),            # reason -> count
+    "invalidations": MapOf(int),        # notifications sent about backing-dir changes, by kind
+    "watch": Nullable({                 # null unless the policy watches (cache=watch)
+        "mechanism": (str, type(None)),  # "fanotify", or null when it fell back
+        "marks": int, "overflows": int, "events": int, "own_events": int,
+        "fallback": (str, type(None)),  # why there is no watch (then the timeouts of cache=auto)
+    }),
     "ops": MapOf({                      # opcode name -> counters
         "count": int,
         "errors": MapOf(int),           # errno name -> count
@@ -64,6 +77,9 @@ def check_shape(value: Any, shape: Any = SHAPE, where: str = "$") -> None:
         assert value.keys() == shape.keys(), f"{where}: keys {sorted(value)} != {sorted(shape)}"
         for key, sub in shape.items():
             check_shape(value[key], sub, f"{where}.{key}")
+    elif isinstance(shape, Nullable):
+        if value is not None:
+            check_shape(value, shape.shape, where)
     elif isinstance(shape, Open):
         assert isinstance(value, dict), f"{where}: expected an object, got {value!r}"
         assert shape.keys.keys() <= value.keys(), f"{where}: missing {sorted(shape.keys.keys() - value.keys())}"

@@ -51,26 +51,40 @@ _LOCAL_FILESYSTEMS = {"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "ramfs", 
                       "zfs", "bcachefs", "jfs", "reiserfs", "nilfs2", "vfat", "exfat"}
 
 
+_DAY = 86400.0
+
+
 @dataclasses.dataclass(frozen=True)
 class FsOptions:
-    """Settings of the filesystem proper (cache timeouts in seconds)."""
+    """Settings of the filesystem proper (cache timeouts in seconds); the defaults are `cache=watch`."""
 
-    cache: str = "auto"  # the policy the settings below came from (see CACHE_POLICIES)
-    entry_timeout: float = 1.0
-    attr_timeout: float = 1.0
-    negative_timeout: float = 0.0
+    cache: str = "watch"  # the policy the settings below came from (see CACHE_POLICIES)
+    entry_timeout: float = _DAY
+    attr_timeout: float = _DAY
+    negative_timeout: float = _DAY
     keep_cache: bool = True
     direct_io: bool = False  # bypass the mount's page cache (splice/copy tiers)
     writeback_cache: bool = False  # the kernel gathers writes (native engine, splice/copy tiers)
-    cache_dir: bool = False  # let the kernel keep directory listings (FOPEN_CACHE_DIR)
+    cache_dir: bool = True  # let the kernel keep directory listings (FOPEN_CACHE_DIR)
+    # Watch the backing dir and tell the kernel what others change there
+    # (engine/watch.py), so the long timeouts above stay correct.
+    watch: bool = True
     read_only: bool = False
     noatime: bool = False  # open backing files with O_NOATIME where permitted (see _open_backing)
     # -o strictatime: every read must reach the backing file (its atime), so
     # opens off the passthrough tier bypass the mount's page cache, as direct_io.
     strictatime: bool = False
 
+    def unwatched(self) -> FsOptions:
+        """These settings where the backing dir cannot be watched: `cache=auto`'s
+        timeouts and listings instead of the watch policy's (explicit settings stay)."""
+        if not self.watch:
+            return self
+        watched, fallback = CACHE_POLICIES["watch"], CACHE_POLICIES["auto"]
+        changes = {name: fallback[name] for name, value in watched.items()
+                   if name in fallback and getattr(self, name) == value}
+        return dataclasses.replace(self, **changes, watch=False)
 
-_DAY = 86400.0
 
 # -o cache=POLICY: how much the kernel may remember without asking us, as
 # virtiofsd and sshfs users know it. What each promises about changes made
@@ -78,13 +92,17 @@ _DAY = 86400.0
 CACHE_POLICIES: dict[str, dict[str, object]] = {
     # Every lookup, stat and read asks the daemon.
     "never": dict(entry_timeout=0.0, attr_timeout=0.0, negative_timeout=0.0, keep_cache=False,
-                  direct_io=True, cache_dir=False),
+                  direct_io=True, cache_dir=False, watch=False),
     # Names and attributes for a second; file data kept while its mtime holds.
     "auto": dict(entry_timeout=1.0, attr_timeout=1.0, negative_timeout=0.0, keep_cache=True,
-                 direct_io=False, cache_dir=False),
+                 direct_io=False, cache_dir=False, watch=False),
+    # Remember everything, and have the kernel forget what others change in
+    # the backing dir (engine/watch.py); `auto` where that cannot be watched.
+    "watch": dict(entry_timeout=_DAY, attr_timeout=_DAY, negative_timeout=_DAY, keep_cache=True,
+                  direct_io=False, cache_dir=True, watch=True),
     # Only the mount changes the backing dir: remember everything, listings too.
     "always": dict(entry_timeout=_DAY, attr_timeout=_DAY, negative_timeout=_DAY, keep_cache=True,
-                   direct_io=False, cache_dir=True),
+                   direct_io=False, cache_dir=True, watch=False),
 }
 
 

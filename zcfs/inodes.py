@@ -172,6 +172,12 @@ class _HandleCodec:
         handle[self.gen_at:self.gen_at + 4] = generation.to_bytes(4, "little")
         return bytes(handle)
 
+    def ino_of(self, handle: bytes) -> int | None:
+        """The inode number a handle of this layout carries, or None if it has another size."""
+        if len(handle) != len(self.template):
+            return None
+        return int.from_bytes(handle[self.ino_at:self.ino_at + self.ino_size], "little")
+
     def decode(self, handle: bytes, ino: int) -> int | None:
         """The generation in `handle` of the object with inode number `ino`, or None if it does not fit."""
         if len(handle) != len(self.template) or ino >= 1 << (8 * self.ino_size):
@@ -462,6 +468,29 @@ class InodeTable:
         odd = self._odd.pop(number, None)
         if odd is not None and self._odd_by_identity.get((odd.dev, odd.ino)) == number:
             del self._odd_by_identity[(odd.dev, odd.ino)]
+
+    def known_number(self, handle: bytes) -> int | None:
+        """The node id of the object with backing file handle `handle` (struct
+        file_handle, header included), if the kernel knows it; None otherwise,
+        and for odd objects (their node id is not their handle).
+
+        Safe from another thread without the table's lock: it only reads
+        (under the GIL), and a node id the kernel learns a moment later was
+        looked up after the change the caller is about.
+        """
+        if self._codec is None:
+            return None
+        ino = self._codec.ino_of(handle)
+        if ino is None:
+            return None
+        number = self._encoded_number(handle, ino)
+        if number is None or number not in self._counts or (number != ROOT_INODE and number in self._odd):
+            return None
+        return number
+
+    def known_numbers(self) -> list[int]:
+        """Every node id the kernel knows now (a copy; safe from another thread)."""
+        return list(self._counts.copy())
 
     def known(self, st: os.stat_result, dir_fd: int, name: bytes) -> Inode | None:
         """The inode of `name` in `dir_fd` (whose stat is `st`), if the kernel knows it."""

@@ -79,12 +79,17 @@ class Stats:
         self.open_files = {tier: 0 for tier in TIERS}
         self.backing_ids = 0
         self.in_flight = 0
+        # Notifications sent to the kernel about changes made in the backing
+        # dir by others (engine/watch.py, whose one thread is the only writer), by kind.
+        self.invalidations: collections.Counter[str] = collections.Counter()
+        self._watch: dict[str, Any] | None = None  # None: the mount does not watch (its policy)
         self._gauges: dict[str, Callable[[], int]] = {}
         self.enabled = os.environ.get("ZCFS_NO_STATS", "") in ("", "0")
         if not self.enabled:
             # The engines still call these; now they cost a call and nothing else.
             self.record_op = self.record_data = self.record_open = _ignore  # type: ignore[method-assign]
             self.record_release = self.record_fallback = _ignore  # type: ignore[method-assign]
+            self.record_invalidation = _ignore  # type: ignore[method-assign]
 
     # -- recording -------------------------------------------------------
 
@@ -118,6 +123,25 @@ class Stats:
         """Count a fall to a lower tier, by reason (e.g. "passthrough-eperm")."""
         self.fallbacks[reason] += 1
 
+    def record_invalidation(self, kind: str) -> None:
+        """Count one notification sent: "entry", "delete", "listing", "inode", "data" or "epoch"."""
+        self.invalidations[kind] += 1
+
+    def set_watch(self, **state: Any) -> None:
+        """The backing-dir watch's state: mechanism, marks, overflows, events, own_events, fallback."""
+        self._watch = dict(state)
+
+    def update_watch(self, **changes: Any) -> None:
+        """Add counts (ints) to the watch's state, or set its other fields."""
+        watch = self._watch
+        if watch is None:
+            return
+        for key, value in changes.items():
+            if isinstance(value, int) and isinstance(watch.get(key), int):
+                watch[key] += value
+            else:
+                watch[key] = value
+
     def gauge(self, name: str, read: Callable[[], int]) -> None:
         """Register a live gauge read at snapshot time (e.g. inodes known)."""
         self._gauges[name] = read
@@ -138,6 +162,8 @@ class Stats:
             "read": _deep_copy(self._data["read"]),
             "write": _deep_copy(self._data["write"]),
             "fallbacks": dict(self.fallbacks),
+            "invalidations": dict(self.invalidations),
+            "watch": None if self._watch is None else dict(self._watch),
             "ops": {
                 name: {"count": c.count, "errors": dict(c.errors), "seconds": c.seconds,
                        "latency_us_log2": list(c.latency)}

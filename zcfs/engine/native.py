@@ -56,7 +56,7 @@ from ..proto import (
     pack_open_out, pack_statfs_out, pack_write_out, parse_request,
 )
 from ..stats import Stats
-from . import devfuse
+from . import devfuse, watch
 from .backing import TierChooser
 from .splice import (
     WRITE_HEADERS, PipedPayload, ReceiveMode, RequestPipe, SpliceError, copy_read_reply, prepare_pipes,
@@ -816,16 +816,31 @@ def _flag_names(flags: int) -> list[str]:
 
 def run(ops: ZcfsOperations, config: MountConfig, on_ready: Callable[[], None]) -> None:
     """Mount, serve until unmounted or signalled, unmount. Blocks."""
-    dev_fd = devfuse.mount(config)
-    session = Session(ops, config, dev_fd, ops.stats or Stats("native"))
+    ops.stats = ops.stats or Stats("native")
+    watcher = watch.open_watch(ops)  # before the first reply: it may change the timeouts
     try:
-        trio.run(_main, session, on_ready)
+        dev_fd = devfuse.mount(config)
+    except BaseException:
+        if watcher is not None:
+            watcher.close()
+        raise
+    session = Session(ops, config, dev_fd, ops.stats)
+
+    def ready() -> None:
+        if watcher is not None:
+            watcher.start(watch.device_sender(dev_fd))
+        on_ready()
+
+    try:
+        trio.run(_main, session, ready)
     except BaseExceptionGroup as group:
         usage_errors, _ = group.split(UsageError)
         if usage_errors is None:
             raise
         raise usage_errors.exceptions[0] from None
     finally:
+        if watcher is not None:
+            watcher.close()  # before the device closes: its fd number could be reused
         devfuse.unmount(config.mountpoint)
         devfuse.release(dev_fd)
         log.info("%s", session.stats.summary())

@@ -16,7 +16,7 @@ import trio
 from ..fs import ZcfsOperations
 from ..mount import MountConfig, UsageError
 from ..stats import Stats
-from . import devfuse
+from . import devfuse, watch
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +48,37 @@ def run(ops: ZcfsOperations, config: MountConfig, on_ready: Callable[[], None]) 
     # default_permissions. pyfuse3 cannot ask for FUSE_DONT_MASK or
     # FUSE_HANDLE_KILLPRIV_V2 (its INIT callback sets a fixed set of flags).
     ops.enable_acl = config.default_permissions
+    watcher = watch.open_watch(ops)  # before the first reply: it may change the timeouts
     # zcfs mounts (the same way as the native engine, fusermount3 included)
     # and hands libfuse the open device as /dev/fd/N: libfuse then takes no
     # mount options at all, so none of them can be refused there.
-    dev_fd = devfuse.mount(config)
+    try:
+        dev_fd = devfuse.mount(config)
+    except BaseException:
+        if watcher is not None:
+            watcher.close()
+        raise
     try:
         pyfuse3.init(ops, f"/dev/fd/{dev_fd}", set())
     except RuntimeError as exc:
+        if watcher is not None:
+            watcher.close()
         os.close(dev_fd)
         devfuse.unmount(config.mountpoint)
         raise UsageError(f"cannot mount {config.mountpoint}: {exc}") from None
+
+    def ready() -> None:
+        if watcher is not None:
+            # libfuse reads and answers on this very fd; each notification is
+            # a write of its own, which the kernel takes apart from replies.
+            watcher.start(watch.device_sender(dev_fd))
+        on_ready()
+
     try:
-        trio.run(_serve, config.mountpoint, on_ready)
+        trio.run(_serve, config.mountpoint, ready)
     finally:
+        if watcher is not None:
+            watcher.close()  # before libfuse closes the device
         pyfuse3.close(unmount=False)  # libfuse closes the device; the mount is ours to remove
         devfuse.unmount(config.mountpoint)
         if stats is not None:
