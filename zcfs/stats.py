@@ -124,7 +124,8 @@ class Stats:
         self.fallbacks[reason] += 1
 
     def record_invalidation(self, kind: str) -> None:
-        """Count one notification sent: "entry", "delete", "listing", "inode", "data" or "epoch"."""
+        """Count one notification sent: "entry", "delete", "listing", "inode",
+        "data", "passthrough" or "epoch" (see engine/watch.py)."""
         self.invalidations[kind] += 1
 
     def set_watch(self, **state: Any) -> None:

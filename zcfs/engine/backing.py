@@ -74,6 +74,14 @@ class TierChooser:
             if exc.errno in _MOUNT_WIDE:
                 self.passthrough_refused = fallback_reason(exc)
 
+    @staticmethod
+    def passes_through(inode: Inode) -> bool:
+        """Whether `inode` was last opened on the passthrough tier: its data is
+        then not in the mount's page cache (only reads: safe without the
+        session's lock, under the GIL)."""
+        state = inode.engine_state
+        return isinstance(state, InodeTier) and state.tier == "passthrough"
+
     def data_tier(self) -> str:
         """The tier for READ requests that reach us (not passthrough)."""
         return "copy" if self.best_tier == "copy" else "splice"

@@ -45,6 +45,7 @@ import trio
 
 from .. import syscalls
 from ..fs import DOT_NAMES, ZcfsOperations
+from ..inodes import Inode
 from ..mount import MountConfig, UsageError, mount_device
 from ..proto import abi
 from ..proto.negotiate import Negotiated, Wishes, negotiate, request_buffer_size
@@ -828,7 +829,8 @@ def run(ops: ZcfsOperations, config: MountConfig, on_ready: Callable[[], None]) 
 
     def ready() -> None:
         if watcher is not None:
-            watcher.start(watch.device_sender(dev_fd))
+            watcher.start(watch.device_sender(dev_fd),
+                          lambda nodeid: session.tiers.passes_through(Inode(ops.inodes, nodeid)))
         on_ready()
 
     try:

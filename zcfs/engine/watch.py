@@ -132,10 +132,11 @@ class Batch:
 
 
 def parse_events(buf: bytes | memoryview, own_pid: int, known: Callable[[bytes], int | None],
-                 batch: Batch) -> tuple[int, int]:
+                 passthrough: Callable[[int], bool], batch: Batch) -> tuple[int, int]:
     """Add the notifications fanotify events in `buf` call for to `batch`.
 
-    `known(handle)`: the node id of a handle, if the kernel knows it. Returns
+    `known(handle)`: the node id of a handle, if the kernel knows it;
+    `passthrough(nodeid)`: whether it is open on the passthrough tier. Returns
     (events, own events skipped). Pure: no I/O.
     """
     events = own = 0
@@ -150,13 +151,13 @@ def parse_events(buf: bytes | memoryview, own_pid: int, known: Callable[[bytes],
         elif pid == own_pid:
             own += 1
         else:
-            _parse_records(buf, offset + metadata_len, offset + event_len, mask, known, batch)
+            _parse_records(buf, offset + metadata_len, offset + event_len, mask, known, passthrough, batch)
         offset += event_len
     return events, own
 
 
 def _parse_records(buf: Any, start: int, end: int, mask: int, known: Callable[[bytes], int | None],
-                   batch: Batch) -> None:
+                   passthrough: Callable[[int], bool], batch: Batch) -> None:
     directory = name = target = None
     while start + _INFO_HEADER.size <= end:
         info_type, _, length = _INFO_HEADER.unpack_from(buf, start)
@@ -186,7 +187,13 @@ def _parse_records(buf: Any, start: int, end: int, mask: int, known: Callable[[b
                 batch.add(pack_notify_inval_entry(parent, name), "entry")
             batch.add(pack_notify_inval_inode(parent, 0), "listing")
     if target_number is not None:
-        if mask & FAN_MODIFY:
+        if mask & FAN_MODIFY and passthrough(target_number):
+            # No pages to drop: the kernel reads a passthrough file itself. And
+            # it writes one for the mount's writers in their name (their pid,
+            # not ours), then drops its size and mtime itself: for them this
+            # notification costs no request. Counted apart.
+            batch.add(pack_notify_inval_inode(target_number, -1), "passthrough")
+        elif mask & FAN_MODIFY:
             batch.add(pack_notify_inval_inode(target_number, 0), "data")
         elif mask & (FAN_ATTRIB | _NAME_CHANGES):  # link count, ctime
             batch.add(pack_notify_inval_inode(target_number, -1), "inode")
@@ -199,6 +206,7 @@ class Watcher:
         """Start watching; raises WatchUnavailable. Events wait in the kernel until `start`."""
         self._fd = _fanotify(root_fd)
         self._table = table
+        self._passthrough: Callable[[int], bool] = lambda nodeid: False
         self._stats = stats
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
         self._thread: threading.Thread | None = None
@@ -206,10 +214,14 @@ class Watcher:
         self.mechanism = "fanotify"
         stats.set_watch(mechanism=self.mechanism, marks=1, overflows=0, events=0, own_events=0, fallback=None)
 
-    def start(self, send: Callable[[bytes], int]) -> None:
+    def start(self, send: Callable[[bytes], int], passthrough: Callable[[int], bool] | None = None) -> None:
         """Serve events from a thread; `send(message)` writes one notification
-        to /dev/fuse and returns 0 or the errno (it must not take the session's lock)."""
+        to /dev/fuse and returns 0 or the errno (it must not take the session's
+        lock); `passthrough(nodeid)`: whether the inode is open on that tier
+        (read without the session's lock, as `known_number`)."""
         self._send = send
+        if passthrough is not None:
+            self._passthrough = passthrough
         self._thread = threading.Thread(target=self._run, name="zcfs-watch", daemon=True)
         self._thread.start()
 
@@ -244,7 +256,7 @@ class Watcher:
                         length = os.readv(self._fd, [buf])
                     except BlockingIOError:
                         break
-                    counted = parse_events(memoryview(buf)[:length], own_pid, known, batch)
+                    counted = parse_events(memoryview(buf)[:length], own_pid, known, self._passthrough, batch)
                     events += counted[0]
                     own += counted[1]
                 self._stats.update_watch(events=events, own_events=own)
