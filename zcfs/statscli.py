@@ -158,6 +158,15 @@ def render(snap: dict[str, Any]) -> str:
     lines.append("")
     fallbacks = ", ".join(f"{reason} {count}" for reason, count in sorted(snap["fallbacks"].items()))
     lines.append("fallbacks: " + (fallbacks or "none"))
+    watch = snap.get("watch")
+    if watch is not None:
+        if watch["mechanism"]:
+            state = (f"{watch['mechanism']}, {watch['marks']} mark(s), {watch['events']} events "
+                     f"({watch['own_events']} the daemon's own), {watch['overflows']} overflows")
+        else:
+            state = f"none ({watch['fallback']}): cache=auto's timeouts instead"
+        sent = ", ".join(f"{kind} {n}" for kind, n in sorted(snap.get("invalidations", {}).items()))
+        lines.append(f"backing-dir watch: {state}; invalidations sent: {sent or 'none'}")
     lines.append("")
 
     op_rows = [["opcode", "count", "errors", "p50", "p99"]]

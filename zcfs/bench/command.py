@@ -32,6 +32,7 @@ CONFIGURATIONS = {c.name: c for c in [
     zcfs("native-splice+direct_io", "native-splice+direct_io"),
     zcfs("native-passthrough", "native-passthrough"),
     zcfs("native", "native-auto"),
+    zcfs("native+cache=auto", "native-auto+cache=auto"),
     zcfs("native+cache=always", "native-auto+cache=always"),
 ]}
 
@@ -44,8 +45,9 @@ SUITES = {
     ),
     "meta": (
         ["cat-small", "git-status-cold", "git-status-warm", "git-grep-cold", "git-grep-warm", "untar", "rm-rf",
-         "tar-c", "find-cold", "ls-lR-cold", "round-trip", "sqlite-journal", "sqlite-wal"],
-        ["direct", "pyfuse3", "native", "native+cache=always"],
+         "tar-c", "find-cold", "ls-lR-cold", "round-trip", "sqlite-journal", "sqlite-wal", "visible-p50",
+         "visible-p99"],
+        ["direct", "pyfuse3", "native", "native+cache=auto", "native+cache=always"],
     ),
 }
 MILLION = ["million-find-cold", "million-du"]

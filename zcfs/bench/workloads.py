@@ -292,6 +292,41 @@ def git_grep(ctx: Context) -> Measure:
                        ops=ctx.scale.git_files)
 
 
+_CHANGES = 1000
+
+
+def _visibility_latencies(ctx: Context) -> list[float]:
+    """Seconds from a change made directly in the backing dir until a stat through
+    `ctx.root` shows it, for _CHANGES changes (a size that grows by one each time)."""
+    name = f"visible-{ctx.tag}"
+    target, seen = ctx.backing / name, ctx.root / name
+    target.write_bytes(b"")
+    os.stat(seen)  # cached from here on (cache=watch, cache=always)
+    latencies = []
+    try:
+        for size in range(1, _CHANGES + 1):
+            start = time.perf_counter()
+            os.truncate(target, size)
+            deadline = start + 1.0
+            while os.stat(seen).st_size != size:
+                if time.perf_counter() > deadline:
+                    raise WorkloadError(f"a change to {name} stayed unseen for 1 s")
+            latencies.append(time.perf_counter() - start)
+    finally:
+        target.unlink()
+    return sorted(latencies)
+
+
+def visibility_p50(ctx: Context) -> Measure:
+    latencies = _visibility_latencies(ctx)
+    return Measure(latencies[len(latencies) // 2], ops=_CHANGES)
+
+
+def visibility_p99(ctx: Context) -> Measure:
+    latencies = _visibility_latencies(ctx)
+    return Measure(latencies[len(latencies) * 99 // 100], ops=_CHANGES)
+
+
 def find_walk(ctx: Context) -> Measure:
     return ctx.measure(lambda: run(["find", "walk"], cwd=ctx.root), ops=ctx.scale.walk_entries)
 
@@ -429,6 +464,10 @@ WORKLOADS = {w.name: w for w in [
     Workload("ls-lR-cold", "metadata", "ls -lR of the walk tree, fresh mount", "walk", ls_walk, fresh_mount=True),
     Workload("round-trip", "metadata", "getxattr of an absent name: one FUSE request per call", None,
              round_trip, unit="IOPS"),
+    Workload("visible-p50", "watch", "a backing-dir change seen through the mount: median of 1,000, seconds",
+             None, visibility_p50),
+    Workload("visible-p99", "watch", "a backing-dir change seen through the mount: p99 of 1,000, seconds",
+             None, visibility_p99),
     Workload("sqlite-journal", "sync", "sqlite, 2 processes inserting, rollback journal", None, sqlite_journal),
     Workload("sqlite-wal", "sync", "sqlite, 2 processes inserting, WAL", None, sqlite_wal),
     Workload("million-find-cold", "million", "find of 1,000 dirs x 1,000 files, fresh mount", "million",
