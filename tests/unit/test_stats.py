@@ -15,7 +15,7 @@ from prometheus_client.registry import CollectorRegistry
 from stats_shape import check_shape
 from zcfs import statscli
 from zcfs.engine.reference import OPCODES, instrument
-from zcfs.fs import ZcfsOperations
+from zcfs.fs import FsOptions, ZcfsOperations
 from zcfs.inodes import ROOT_INODE
 from zcfs.metrics import StatsCollector, check_address, parse_address
 from zcfs.mount import UsageError
@@ -310,7 +310,7 @@ class Ctx:
 async def test_instrumented_handlers_report(tmp_path):
     (tmp_path / "f").write_bytes(b"x" * 5000)
     stats = Stats("pyfuse3")
-    ops = ZcfsOperations(str(tmp_path), stats=stats)
+    ops = ZcfsOperations(str(tmp_path), FsOptions(negative_timeout=0.0), stats=stats)  # a missing name is an error
     try:
         instrument(ops, stats)
         entry = await ops.lookup(ROOT_INODE, b"f", Ctx())
