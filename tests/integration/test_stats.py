@@ -109,7 +109,11 @@ def test_writes_are_counted(mnt):
         assert after["write"]["copy"]["requests"] > before["write"]["copy"]["requests"]
 
 
-def test_failed_lookup_counts_enoent(mnt):
+def test_failed_lookup_counts_enoent(mode, mount_factory):
+    # Without negative caching (the default caches absent names as entries
+    # of node id 0, which are answers, not errors), an absent name is ENOENT.
+    mnt = mount_factory(mode, options=["negative_timeout=0"])
+
     def enoent() -> int:
         return snapshot(mnt)["ops"].get("LOOKUP", {"errors": {}})["errors"].get("ENOENT", 0)
 
@@ -277,7 +281,9 @@ def metrics_mount(mode, tmp_path):
     (tmp_path / "backing").mkdir()
     (tmp_path / "mnt").mkdir()
     port = free_port()
-    mount = start_mount(tmp_path / "backing", tmp_path / "mnt", mode, extra_args=["--metrics", f"127.0.0.1:{port}"])
+    # negative_timeout=0: an absent name is an ENOENT reply (see test_failed_lookup_counts_enoent)
+    mount = start_mount(tmp_path / "backing", tmp_path / "mnt", mode, ["negative_timeout=0"],
+                        extra_args=["--metrics", f"127.0.0.1:{port}"])
     try:
         yield mount, f"http://127.0.0.1:{port}/metrics"
     finally:

@@ -192,8 +192,10 @@ def test_event_storm_leaves_nothing_stale(mount_factory, tmp_path):
         os.stat(mount.path / "d" / name)
     for name in names:  # each one an entry and a delete notification
         os.unlink(backing / "d" / name)
+    # Listings are read afresh, names and attributes only once their notification came.
     assert wait_until(lambda: os.listdir(mount.path / "d") == [], DEADLINE)
-    assert not any(os.path.exists(mount.path / "d" / name) for name in names[::97])
+    assert wait_until(lambda: not any(os.path.exists(mount.path / "d" / name) for name in names[::97]),
+                      DEADLINE)
     sent = mount.stats()["invalidations"]
     assert sent.get("delete", 0) + sent.get("entry", 0) >= 10_000 or sent.get("epoch", 0) >= 1, sent
     rss_kib = int(next(line for line in open(f"/proc/{mount.process.pid}/status") if line.startswith("VmRSS")).split()[1])
@@ -214,9 +216,12 @@ def test_no_watch_falls_back_to_timeouts(mount_factory, tmp_path):
     import json
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert stats["watch"]["mechanism"] is None
-    assert stats["watch"]["fallback"].startswith("fanotify-"), stats["watch"]
+    # The first reason found: there, open_by_handle_at needs CAP_DAC_READ_SEARCH in the
+    # initial namespace (node ids cannot encode handles), and fanotify CAP_SYS_ADMIN.
+    reason = stats["watch"]["fallback"]
+    assert reason == "no-file-handles" or reason.startswith("fanotify-"), stats["watch"]
     assert stats["options"]["entry_timeout"] == 1.0 and stats["options"]["cache_dir"] is False
-    assert any(reason.startswith("watch-fanotify") for reason in stats["fallbacks"])
+    assert stats["fallbacks"].get(f"watch-{reason}") == 1, stats["fallbacks"]
 
 
 # -- differential: random changes on both sides ---------------------------------

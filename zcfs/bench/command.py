@@ -39,7 +39,7 @@ CONFIGURATIONS = {c.name: c for c in [
 # A suite: the workloads it runs and the configurations it compares (direct access always included).
 SUITES = {
     "default": (
-        ["seqread-warm", "seqread-cold", "randread-4k", "randread-4k-4jobs", "seqwrite", "syncwrite-4k",
+        ["seqread-warm", "seqread-cold", "seqread-reread", "mmap-read", "randread-4k", "randread-4k-4jobs", "seqwrite", "syncwrite-4k",
          "cp-large", "create-stat-unlink", "cat-small", "tar-c", "git-status-cold", "git-status-warm"],
         ["direct", "pyfuse3", "native-off", "native-splice", "native-splice+direct_io", "native-passthrough"],
     ),

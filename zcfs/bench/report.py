@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .runner import UNSTEADY
+
 
 def describe(doc: dict) -> str:
     m, s = doc["machine"], doc["settings"]
@@ -49,6 +51,17 @@ def _paths_text(row: dict) -> str:
     return " ".join(f"{tier} {share:.0%}" for tier, share in shares.items() if share)
 
 
+def _rounds_text(row: dict) -> str:
+    """Every round in order: its value, and its ratio to direct access in the same round."""
+    ratios = row.get("ratios") or []
+    unit = row["unit"]
+    shown = []
+    for i, value in enumerate(row["values"]):
+        text = f"{value:.3f}" if unit == "s" else f"{value:,.0f}"
+        shown.append(f"{text} ({ratios[i]:.2f})" if i < len(ratios) else text)
+    return ", ".join(shown) + ("" if unit == "s" else f" {unit}") + (" (vs direct)" if ratios else "")
+
+
 def table(doc: dict) -> str:
     """The results as a text table, one block of rows per workload."""
     lines = [describe(doc)]
@@ -58,6 +71,10 @@ def table(doc: dict) -> str:
     for config in doc["configurations"]:
         if config["error"]:
             lines.append(f"{config['name']}: not measured: {config['error']}")
+    if doc.get("between_rounds"):
+        lines.append(f"between rounds: {doc['between_rounds']}")
+    if any(row.get("unsteady") for row in doc["results"]):
+        lines.append(f"! marks a configuration whose rounds spread more than {UNSTEADY:g}x (every round shown)")
     header = f"{'workload':<20}{'configuration':<26}{'median':>16}{'spread':>8}{'vs direct':>15}" \
              f"{'daemon CPU':>15}{'RSS':>9}  paths"
     lines += ["", header, "-" * len(header)]
@@ -73,6 +90,8 @@ def table(doc: dict) -> str:
         lines.append(f"{name:<20}{row['configuration']:<26}{_value_text(row):>16}{_spread_text(row):>8}"
                      f"{ratio_text(row['ratio']):>15}{_cpu_text(row):>15}{_rss_text(row):>9}"
                      f"  {_paths_text(row)}".rstrip())
+        if row.get("values") and len(row["values"]) > 1:
+            lines.append(f"{'':<20}{'':<26}  {'!' if row.get('unsteady') else ' '} rounds: {_rounds_text(row)}")
     return "\n".join(lines)
 
 

@@ -186,10 +186,24 @@ class _Bench:
                  "error": self.failed.get(c.name)}
                 for c in self.configs],
             "read_ahead_note": _read_ahead_note(self.configs, self.targets),
+            "between_rounds": BETWEEN_ROUNDS,
             "workloads": [{"name": w.name, "group": w.group, "description": w.description, "unit": w.unit}
                           for w in self.workloads],
             "results": results,
         }
+
+
+# A configuration whose fastest round is more than this many times its slowest is flagged.
+UNSTEADY = 2.0
+
+# What happens between two runs, said with every result: a reader can then
+# tell what state a round starts in (see the README on page reporting).
+BETWEEN_ROUNDS = (
+    "rounds run every workload on every configuration in turn, the order of configurations rotated "
+    "each round; between runs nothing is synced, dropped or waited for: each workload prepares only "
+    "what it says (the sequential and mmap reads evict the mount's cached pages of the file with "
+    "fadvise(DONTNEED) just before reading, which frees them), and cold and fresh-mount workloads "
+    "mount anew")
 
 
 def _count_paths(cell: Cell, before: dict, after: dict) -> None:
@@ -211,7 +225,8 @@ def _summarize(workload: Workload, config: Configuration, cell: Cell, base: dict
            "seconds": [round(m.seconds, 6) for _, m in sorted(cell.runs.items())],
            "value": None, "spread": None, "ratio": None, "ratio_spread": None,
            "daemon_cpu_s": None, "cpu_s_per_gib": None, "daemon_rss_mib": None, "requests": None,
-           "paths": None, "path_shares": None, "error": config_error or cell.error}
+           "paths": None, "path_shares": None, "error": config_error or cell.error,
+           "values": None, "ratios": None, "unsteady": False}
     runs = list(cell.runs.values())
     if not runs:
         row["error"] = row["error"] or "no run completed"
@@ -219,10 +234,13 @@ def _summarize(workload: Workload, config: Configuration, cell: Cell, base: dict
     values = [_value(workload.unit, m) for m in runs]
     row["value"] = statistics.median(values)
     row["spread"] = [min(values), max(values)]
-    ratios = [base[r].seconds / m.seconds for r, m in cell.runs.items() if r in base]
+    row["values"] = [_value(workload.unit, m) for _, m in sorted(cell.runs.items())]
+    row["unsteady"] = min(values) > 0 and max(values) / min(values) > UNSTEADY
+    ratios = [base[r].seconds / m.seconds for r, m in sorted(cell.runs.items()) if r in base]
     if ratios:
         row["ratio"] = statistics.median(ratios)
         row["ratio_spread"] = [min(ratios), max(ratios)]
+        row["ratios"] = ratios
     cpus = [m.cpu_seconds for m in runs if m.cpu_seconds is not None]
     if cpus and config.kind != "direct":
         row["daemon_cpu_s"] = statistics.median(cpus)

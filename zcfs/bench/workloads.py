@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import mmap
 import os
 import shutil
 import sqlite3
@@ -173,6 +174,25 @@ def seq_read_cold(ctx: Context) -> Measure:
     evict_page_cache(ctx.backing / "large.bin")  # no effect on tmpfs: the machine description says so
     ctx.evict_mount_cache("large.bin")
     return ctx.measure(lambda: dd(str(ctx.root / "large.bin"), "/dev/null"), nbytes=ctx.scale.file_mib * MiB)
+
+
+def seq_reread(ctx: Context) -> Measure:
+    """The large file read again while the mount's page cache holds it (read once, untimed, first)."""
+    path = str(ctx.root / "large.bin")
+    dd(path, "/dev/null")
+    return ctx.measure(lambda: dd(path, "/dev/null"), nbytes=ctx.scale.file_mib * MiB)
+
+
+def mmap_read(ctx: Context) -> Measure:
+    """The large file mapped and every page touched once, the mount's cache evicted first."""
+    ctx.evict_mount_cache("large.bin")
+    path = ctx.root / "large.bin"
+
+    def touch_every_page() -> None:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mapped:
+            for offset in range(0, len(mapped), mmap.PAGESIZE):
+                mapped[offset]
+    return ctx.measure(touch_every_page, nbytes=ctx.scale.file_mib * MiB)
 
 
 def fio(ctx: Context, path: Path, rw: str, bs: str, size: int, **options: object) -> Measure:
@@ -442,6 +462,10 @@ WORKLOADS = {w.name: w for w in [
              "large", seq_read_warm, unit="MB/s"),
     Workload("seqread-cold", "read", "sequential read, dd bs=1M, backing and mount caches evicted",
              "large", seq_read_cold, unit="MB/s"),
+    Workload("seqread-reread", "read", "sequential read, dd bs=1M, the mount's cache holding the file",
+             "large", seq_reread, unit="MB/s"),
+    Workload("mmap-read", "read", "mmap of the large file, every page touched, mount cache evicted",
+             "large", mmap_read, unit="MB/s"),
     Workload("randread-4k", "read", "random read, fio bs=4k, 1 job", "large", random_read, unit="IOPS"),
     Workload("randread-4k-4jobs", "read", "random read, fio bs=4k, 4 parallel jobs", "large",
              random_read_parallel, unit="IOPS"),
