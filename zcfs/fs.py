@@ -16,10 +16,12 @@ the engine picks the tier.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
 import errno
 import functools
+import hashlib
 import logging
 import os
 import stat
@@ -65,7 +67,7 @@ class FsOptions:
     keep_cache: bool = True
     direct_io: bool = False  # bypass the mount's page cache (splice/copy tiers)
     writeback_cache: bool = False  # the kernel gathers writes (native engine, splice/copy tiers)
-    cache_dir: bool = False  # let the kernel keep directory listings (FOPEN_CACHE_DIR)
+    cache_dir: bool = True  # let the kernel keep directory listings (FOPEN_CACHE_DIR)
     # Watch the backing dir and tell the kernel what others change there
     # (engine/watch.py), so the long timeouts above stay correct.
     watch: bool = True
@@ -98,10 +100,8 @@ CACHE_POLICIES: dict[str, dict[str, object]] = {
                  direct_io=False, cache_dir=False, watch=False),
     # Remember everything, and have the kernel forget what others change in
     # the backing dir (engine/watch.py); `auto` where that cannot be watched.
-    # Listings are not kept: a cached listing continued after a change is read
-    # on with offsets of another open's snapshot (readdir), listing a name twice.
     "watch": dict(entry_timeout=_DAY, attr_timeout=_DAY, negative_timeout=_DAY, keep_cache=True,
-                  direct_io=False, cache_dir=False, watch=True),
+                  direct_io=False, cache_dir=True, watch=True),
     # Only the mount changes the backing dir: remember everything, listings too.
     "always": dict(entry_timeout=_DAY, attr_timeout=_DAY, negative_timeout=_DAY, keep_cache=True,
                    direct_io=False, cache_dir=True, watch=False),
@@ -119,13 +119,13 @@ class OpenFile:
 
 @dataclasses.dataclass(eq=False)
 class OpenDir:
-    """An open directory: a listing snapshot so offsets stay stable."""
+    """An open directory: a listing snapshot, in the order of its entries' cookies."""
 
     inode: Inode
-    # (name, d_ino, d_type) taken when a listing starts at offset 0;
-    # offset k means "after entry k-1", so entries vanishing or appearing
-    # mid-listing never shift or repeat what the caller already has.
-    entries: list[tuple[bytes, int, int]] | None = None
+    # (cookie, name, d_ino, d_type) taken when a listing starts at offset 0
+    # (or goes on from a cookie in a fresh open); see _cookie.
+    entries: list[tuple[int, bytes, int, int]] | None = None
+    cookies: list[int] | None = None  # the entries' cookies, for bisect
 
 
 def _errors(handler: Callable[..., Any]) -> Callable[..., Any]:
@@ -643,19 +643,25 @@ class ZcfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF) from None
 
     def list_entries(self, fh: int, start: int) -> Iterator[tuple[int, bytes, int, int]]:
-        """Yield (next_offset, name, d_ino, d_type) from offset `start` on.
+        """Yield (next_offset, name, d_ino, d_type) of the entries after offset `start`.
 
+        An entry's offset is its cookie, a function of its name alone, and a
+        listing goes in the order of cookies: going on from an offset means
+        "the names whose cookie is larger", in this open or any other. The
+        kernel may go on from an offset of another open (a listing it keeps,
+        FOPEN_CACHE_DIR, dropped after a change), so a name present all along
+        is listed exactly once, whatever appeared or vanished meanwhile.
         Offset 0 (re)reads the directory, like rewinddir().
         """
         opened = self._opendir(fh)
         if start == 0 or opened.entries is None:
-            entries = _read_directory(opened.inode.fd)
-            opened.entries = self._dot_entries(opened.inode, entries) + entries
-        for index in range(start, len(opened.entries)):
-            name, d_ino, d_type = opened.entries[index]
-            yield index + 1, name, d_ino, d_type
+            listing = sorted((_cookie(name), name, d_ino, d_type)
+                             for name, d_ino, d_type in _read_directory(opened.inode.fd))
+            opened.entries = self._dot_entries(opened.inode) + listing
+            opened.cookies = [entry[0] for entry in opened.entries]
+        yield from opened.entries[bisect.bisect_right(opened.cookies, start):]
 
-    def _dot_entries(self, node: Inode, listing: list) -> list[tuple[bytes, int, int]]:
+    def _dot_entries(self, node: Inode) -> list[tuple[int, bytes, int, int]]:
         """"." and ".." with the node ids the kernel knows them by (as ext4,
         ".." of the root is the root); none for a removed directory, which
         lists nothing at all, like a local one."""
@@ -668,7 +674,7 @@ class ZcfsOperations(pyfuse3.Operations):
                 return []
             known = self.inodes.known(st, node.fd, b"..")
             parent = known.number if known is not None else st.st_ino
-        return [(b".", node.number, _DT_DIR), (b"..", parent, _DT_DIR)]
+        return [(_DOT_COOKIES[0], b".", node.number, _DT_DIR), (_DOT_COOKIES[1], b"..", parent, _DT_DIR)]
 
     def lookup_listed(self, fh: int, name: bytes) -> tuple[Inode, os.stat_result] | None:
         """Look up a listed name for READDIRPLUS: its inode (one kernel lookup
@@ -892,6 +898,18 @@ def _backing_flags(flags: int, writeback_cache: bool = False) -> int:
     if writeback_cache and flags & os.O_ACCMODE == os.O_WRONLY:
         flags = flags & ~os.O_ACCMODE | os.O_RDWR
     return (flags & ~(os.O_DIRECT | os.O_APPEND)) | os.O_CLOEXEC
+
+
+_DOT_COOKIES = (1, 2)
+
+
+def _cookie(name: bytes) -> int:
+    """A listed name's offset: 63 bits of its hash (loff_t is signed), above the dot entries'.
+
+    Two names of one directory share a cookie once in about 2^63/n^2
+    listings of n names; going on from that cookie would then skip one.
+    """
+    return max(int.from_bytes(hashlib.blake2b(name, digest_size=8).digest(), "little") >> 1, 3)
 
 
 def _read_directory(dir_o_path_fd: int) -> list[tuple[bytes, int, int]]:

@@ -174,8 +174,7 @@ def test_own_changes_send_no_invalidations(mode, mount_factory):
     sent = {kind: n for kind, n in mount.stats()["invalidations"].items() if kind != "passthrough"}
     assert sent == {}, mount.stats()["invalidations"]
     unwatched = _changes_then_rewalk(mount_factory(mode, options=["cache=always"], name="always"))
-    # No more of any request than cache=always asks (fewer GETATTRs: its listings
-    # are not kept, so READDIRPLUS refreshes the attributes a stat then finds).
+    # No more of any request than cache=always asks.
     assert all(watched[op] <= unwatched[op] for op in unwatched), (watched, unwatched)
     assert watched.keys() == unwatched.keys()
 
