@@ -20,10 +20,16 @@ def ratio_text(ratio: float | None) -> str:
     return f"{ratio:.2f}" if ratio >= 0.5 else f"{ratio:.2f} ({1 / ratio:.0f}x)"
 
 
+def _seconds_text(value: float) -> str:
+    if value < 0.01:
+        return f"{value * 1000:.2f} ms"  # (the time a backing change takes to show: visible-p50)
+    return f"{value:.3f} s" if value < 10 else f"{value:.1f} s"
+
+
 def _value_text(row: dict) -> str:
     value, unit = row["value"], row["unit"]
     if unit == "s":
-        return f"{value:.3f} s" if value < 10 else f"{value:.1f} s"
+        return _seconds_text(value)
     return f"{value:,.0f} {unit}"
 
 
@@ -57,7 +63,7 @@ def _rounds_text(row: dict) -> str:
     unit = row["unit"]
     shown = []
     for i, value in enumerate(row["values"]):
-        text = f"{value:.3f}" if unit == "s" else f"{value:,.0f}"
+        text = _seconds_text(value) if unit == "s" else f"{value:,.0f}"
         shown.append(f"{text} ({ratios[i]:.2f})" if i < len(ratios) else text)
     return ", ".join(shown) + ("" if unit == "s" else f" {unit}") + (" (vs direct)" if ratios else "")
 
