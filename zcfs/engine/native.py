@@ -818,13 +818,7 @@ def _flag_names(flags: int) -> list[str]:
 def run(ops: ZcfsOperations, config: MountConfig, on_ready: Callable[[], None]) -> None:
     """Mount, serve until unmounted or signalled, unmount. Blocks."""
     ops.stats = ops.stats or Stats("native")
-    watcher = watch.open_watch(ops)  # before the first reply: it may change the timeouts
-    try:
-        dev_fd = devfuse.mount(config)
-    except BaseException:
-        if watcher is not None:
-            watcher.close()
-        raise
+    watcher, dev_fd = watch.open_then_mount(ops, lambda: devfuse.mount(config))
     session = Session(ops, config, dev_fd, ops.stats)
 
     def ready() -> None:

@@ -48,16 +48,10 @@ def run(ops: ZcfsOperations, config: MountConfig, on_ready: Callable[[], None]) 
     # default_permissions. pyfuse3 cannot ask for FUSE_DONT_MASK or
     # FUSE_HANDLE_KILLPRIV_V2 (its INIT callback sets a fixed set of flags).
     ops.enable_acl = config.default_permissions
-    watcher = watch.open_watch(ops)  # before the first reply: it may change the timeouts
     # zcfs mounts (the same way as the native engine, fusermount3 included)
     # and hands libfuse the open device as /dev/fd/N: libfuse then takes no
     # mount options at all, so none of them can be refused there.
-    try:
-        dev_fd = devfuse.mount(config)
-    except BaseException:
-        if watcher is not None:
-            watcher.close()
-        raise
+    watcher, dev_fd = watch.open_then_mount(ops, lambda: devfuse.mount(config))
     try:
         pyfuse3.init(ops, f"/dev/fd/{dev_fd}", set())
     except RuntimeError as exc:

@@ -295,6 +295,18 @@ class Watcher:
                 self._stats.record_invalidation("data")
 
 
+def open_then_mount(ops: Any, mount: Callable[[], int]) -> tuple[Watcher | None, int]:
+    """The watch opened (before the first reply: it may change the timeouts), then
+    `mount()`'s /dev/fuse fd; the watch is closed again if mounting fails."""
+    watcher = open_watch(ops)
+    try:
+        return watcher, mount()
+    except BaseException:
+        if watcher is not None:
+            watcher.close()
+        raise
+
+
 def open_watch(ops: Any) -> Watcher | None:
     """The watcher `ops.options` asks for, or None.
 
