@@ -231,10 +231,9 @@ def _summarize(workload: Workload, config: Configuration, cell: Cell, base: dict
     if not runs:
         row["error"] = row["error"] or "no run completed"
         return row
-    values = [_value(workload.unit, m) for m in runs]
+    values = row["values"] = [_value(workload.unit, m) for _, m in sorted(cell.runs.items())]
     row["value"] = statistics.median(values)
     row["spread"] = [min(values), max(values)]
-    row["values"] = [_value(workload.unit, m) for _, m in sorted(cell.runs.items())]
     row["unsteady"] = min(values) > 0 and max(values) / min(values) > UNSTEADY
     ratios = [base[r].seconds / m.seconds for r, m in sorted(cell.runs.items()) if r in base]
     if ratios:

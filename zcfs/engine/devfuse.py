@@ -105,16 +105,16 @@ def wait_unmounted(mountpoint: str) -> bool:
     share its device, so they count as it. True once gone; False at once
     if it cannot be watched (then only the kernel's ENODEV ends the session).
     """
-    device = _mounted.get(mountpoint)
-    if device is None:
+    if _mounted.get(mountpoint) is None:
         return False
+    device = _mounted[mountpoint].encode()
     try:
         with open("/proc/self/mountinfo", "rb") as table:
             poller = select.poll()
             poller.register(table, select.POLLPRI)
             while True:
                 table.seek(0)
-                if not any(line.split()[2].decode() == device for line in table.read().splitlines()):
+                if not any(line.split()[2] == device for line in table.read().splitlines()):
                     return True
                 poller.poll()
     except OSError:

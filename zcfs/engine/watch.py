@@ -119,13 +119,14 @@ class Batch:
     """The notifications gathered from a batch of events, deduplicated, in order, bounded."""
 
     def __init__(self) -> None:
-        self.messages: dict[bytes, str] = {}  # message -> kind (stats key)
+        # message -> (kind (stats key), what to send instead if the kernel refuses it)
+        self.messages: dict[bytes, tuple[str, bytes | None]] = {}
         self.overflow = False
 
-    def add(self, message: bytes, kind: str) -> None:
+    def add(self, message: bytes, kind: str, instead: bytes | None = None) -> None:
         if self.overflow:
             return
-        self.messages.setdefault(message, kind)
+        self.messages.setdefault(message, (kind, instead))
         if len(self.messages) > MAX_PENDING:
             self.overflow = True
             self.messages.clear()
@@ -182,7 +183,10 @@ def _parse_records(buf: Any, start: int, end: int, mask: int, known: Callable[[b
         if parent is not None:
             gone = mask & FAN_DELETE and not mask & (FAN_CREATE | FAN_MOVED_TO)
             if gone and target_number is not None:
-                batch.add(pack_notify_delete(parent, target_number, name), "delete")
+                # Refused if the kernel holds another object under that name, or
+                # a directory it still sees entries in: then the name is dropped.
+                batch.add(pack_notify_delete(parent, target_number, name), "delete",
+                          instead=pack_notify_inval_entry(parent, name))
             else:
                 batch.add(pack_notify_inval_entry(parent, name), "entry")
             batch.add(pack_notify_inval_inode(parent, 0), "listing")
@@ -268,18 +272,14 @@ class Watcher:
             log.exception("the backing-dir watcher failed; changes made there may stay unseen")
             self._stats.update_watch(fallback="watcher-failed")
 
-    def _deliver(self, messages: dict[bytes, str]) -> None:
+    def _deliver(self, messages: dict[bytes, tuple[str, bytes | None]]) -> None:
         send = self._send
-        for message, kind in messages.items():
+        for message, (kind, instead) in messages.items():
             error = send(message)
             if error == 0:
                 self._stats.record_invalidation(kind)
-            elif kind == "delete":
-                # Another object under that name in the kernel's cache, or a
-                # directory it still sees entries in: drop the name instead.
-                parent, _, namelen = struct.unpack_from("<QQI", message, 16)
-                name = message[16 + 24:16 + 24 + namelen]
-                if send(pack_notify_inval_entry(parent, name)) == 0:
+            elif instead is not None:
+                if send(instead) == 0:
                     self._stats.record_invalidation("entry")
             elif error not in _NOT_CACHED:
                 log.debug("notification refused: %s", os.strerror(error))
