@@ -69,11 +69,12 @@ def _rounds_text(row: dict) -> str:
 
 
 def _request_lines(row: dict, shown_by_opcode: set[str]) -> list[str]:
-    """zcfs rows: the run's requests by opcode, the inodes held and their memory, the expectation's verdict."""
-    lines = []
-    if row["workload"] in shown_by_opcode and row.get("requests_by_opcode") is not None:
-        ops = row["requests_by_opcode"]
-        lines.append("requests: " + (", ".join(f"{op} {n:,.0f}" for op, n in ops.items()) or "none"))
+    """zcfs rows of the workloads that count requests: the run's requests by opcode, the inodes held and
+    their memory (fresh mounts), the expectation's verdict."""
+    if row["workload"] not in shown_by_opcode or row.get("requests_by_opcode") is None:
+        return []
+    ops = row["requests_by_opcode"]
+    lines = ["requests: " + (", ".join(f"{op} {n:,.0f}" for op, n in ops.items()) or "none")]
     if row.get("rss_per_inode_bytes") is not None:
         lines.append(f"inodes held {row['inodes']:,.0f}, daemon RSS grew {row['rss_per_inode_bytes']:,.0f} "
                      f"bytes per inode since mounting")

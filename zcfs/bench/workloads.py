@@ -683,7 +683,7 @@ WORKLOADS = {w.name: w for w in [
     Workload("sqlite-journal", "sync", "sqlite, 2 processes inserting, rollback journal", None, sqlite_journal),
     Workload("sqlite-wal", "sync", "sqlite, 2 processes inserting, WAL", None, sqlite_wal),
     Workload("million-find-cold", "million", "find of 1,000 dirs x 1,000 files, fresh mount", "million",
-             find_million, fresh_mount=True),
+             find_million, fresh_mount=True, by_opcode=True),
     Workload("million-du", "million", "du -s of 1,000 dirs x 1,000 files, fresh mount", "million",
-             du_million, fresh_mount=True),
+             du_million, fresh_mount=True, by_opcode=True),
 ]}
