@@ -165,7 +165,7 @@ class _Bench:
             after = target.stats()
             cell.runs[round_no] = measure
             if before is not None and after is not None:
-                _count_paths(cell, before, after, reading)
+                _count_requests(cell, before, after, reading)
                 cell.inodes.append(after["gauges"]["inodes"])
             if rss_at_mount is not None and measure.rss_mib is not None:
                 cell.grown_mib.append(measure.rss_mib - rss_at_mount)
@@ -232,7 +232,7 @@ def _requests_of_reading(target: Target) -> dict[str, int]:
     return {op: n - then.get(op, 0) for op, n in now.items()}
 
 
-def _count_paths(cell: Cell, before: dict, after: dict, reading: dict[str, int]) -> None:
+def _count_requests(cell: Cell, before: dict, after: dict, reading: dict[str, int]) -> None:
     """Add the run's requests by opcode, and what served its READs and WRITEs
     (passthrough: opens; splice, copy: requests)."""
     def served(snap: dict) -> dict[str, int]:
