@@ -467,7 +467,8 @@ def appends(ctx: Context) -> Measure:
 
 # The file accesses of a test run: a runner's probes for its configuration
 # files, a walk of the tests directory, and each test module imported (its
-# imports with it) and run, which reads its data file. -B: no .pyc written.
+# imports with it) and run, which reads its data file. The first run writes
+# the .pyc files (__pycache__) that later runs check against their sources and read.
 _TEST_RUN = """
 import importlib, os, sys
 root = sys.argv[1]
@@ -490,7 +491,7 @@ def rerun_tests(ctx: Context) -> Measure:
     tests = _tests(ctx.scale)
 
     def action() -> None:
-        ran = run([sys.executable, "-I", "-B", "-c", _TEST_RUN, str(ctx.root / "project")])
+        ran = run([sys.executable, "-I", "-c", _TEST_RUN, str(ctx.root / "project")])
         if int(ran) != tests:
             raise WorkloadError(f"the test run ran {int(ran)} tests, not {tests}")
     return ctx.measure(action, ops=tests)
