@@ -660,8 +660,12 @@ class Session:
 
     async def _opendir(self, request: Request) -> bytes:
         fh = await self.ops.opendir(request.nodeid, self._context(request))
-        cached = abi.FOPEN_CACHE_DIR | abi.FOPEN_KEEP_CACHE if self.ops.options.cache_dir else 0
-        return pack_open_out(request.unique, fh, cached)
+        flags = 0
+        if self.ops.options.cache_dir:
+            # KEEP_CACHE on every open: without it an open drops the listing
+            # the keeping open is filling (fuse_open_common).
+            flags = abi.FOPEN_KEEP_CACHE | (abi.FOPEN_CACHE_DIR if self.ops.keeps_listing(fh) else 0)
+        return pack_open_out(request.unique, fh, flags)
 
     async def _readdir(self, request: Request) -> bytes:
         b = request.body
