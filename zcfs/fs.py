@@ -428,18 +428,19 @@ class ZcfsOperations(pyfuse3.Operations):
 
     @_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
-        self._remove(parent_inode, name, os.unlink)
+        self.remove(parent_inode, name, directory=False)
 
     @_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
-        self._remove(parent_inode, name, os.rmdir)
+        self.remove(parent_inode, name, directory=True)
 
-    def _remove(self, parent_inode: int, name: bytes, remove: Callable[..., None]) -> None:
-        """unlink or rmdir `name`, keeping the fd of an object that loses its last name."""
+    def remove(self, parent_inode: int, name: bytes, directory: bool) -> None:
+        """UNLINK or RMDIR `name`, keeping the fd of an object that loses its
+        last name. Raises OSError or FUSEError."""
         self._check_writable()
         parent = self._inode(parent_inode)
         victim = self._last_link_victim(parent, _check_name(name))
-        remove(name, dir_fd=parent.fd)
+        (os.rmdir if directory else os.unlink)(name, dir_fd=parent.fd)
         if victim is not None:
             self._lost_last_name(victim)
 

@@ -328,11 +328,13 @@ class Session:
 
     def _answer(self, request: Request) -> bytes | None:
         """Run one request's handler; its reply (errors map to errnos here), if one is due."""
-        handler = self._handlers.get(request.opcode)
-        started = time.perf_counter()
+        opcode = request.header[1]
+        handler = self._handlers.get(opcode)
+        stats = self.stats
+        started = _clock()
         error = 0
         reply: bytes | None = None
-        self.stats.in_flight += 1
+        stats.in_flight += 1
         try:
             if handler is None:
                 error = errno.ENOSYS
@@ -345,16 +347,16 @@ class Session:
         except OSError as exc:  # from the filesystem's plain methods (ZcfsOperations.find, ...)
             error = errno_of(exc)
         except Exception:
-            log.exception("error handling %s", _opname(request.opcode))
+            log.exception("error handling %s", _opname(opcode))
             error = errno.EIO
         finally:
-            self.stats.in_flight -= 1
-        if error and request.opcode not in _SILENT:
+            stats.in_flight -= 1
+        if error and opcode not in _SILENT:
             reply = pack_error(request.unique, error)
         # Counted before the reply goes out: once the client has its answer,
         # a stats reader must see the request.
-        self.stats.record_op(_opname(request.opcode), time.perf_counter() - started, error)
-        if error and request.opcode == Opcode.INIT:
+        stats.record_op(_opname(opcode), _clock() - started, error)
+        if error and opcode == Opcode.INIT:
             if reply is not None:
                 self._send(reply)
             raise UsageError(f"the kernel's INIT could not be answered ({errno.errorcode.get(error, error)})")
@@ -507,12 +509,12 @@ class Session:
         entry = await self.ops.mkdir(request.nodeid, b.name, b.mode, self._context(request, b.umask))
         return pack_entry_out(request.unique, *self._entry_args(entry))
 
-    async def _unlink(self, request: Request) -> bytes:
-        await self.ops.unlink(request.nodeid, request.body.name, self._context(request))
+    def _unlink(self, request: Request) -> bytes:
+        self.ops.remove(request.nodeid, request.body.name, directory=False)
         return pack_empty(request.unique)
 
-    async def _rmdir(self, request: Request) -> bytes:
-        await self.ops.rmdir(request.nodeid, request.body.name, self._context(request))
+    def _rmdir(self, request: Request) -> bytes:
+        self.ops.remove(request.nodeid, request.body.name, directory=True)
         return pack_empty(request.unique)
 
     async def _rename(self, request: Request) -> bytes:
@@ -794,6 +796,7 @@ def _sized_reply(unique: int, size: int, value: bytes) -> bytes:
 
 
 _OPNAMES = {int(op): op.name for op in Opcode}  # Opcode(n).name costs more than the stats it names
+_clock = time.perf_counter
 
 
 def _opname(opcode: int) -> str:
