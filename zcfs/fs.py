@@ -673,6 +673,10 @@ class ZcfsOperations(pyfuse3.Operations):
 
     @_errors
     async def opendir(self, inode: int, ctx: Any) -> int:
+        return self.open_dir(inode)
+
+    def open_dir(self, inode: int) -> int:
+        """OPENDIR: a new directory handle. Raises OSError or FUSEError."""
         node = self._inode(inode)
         fh = self._new_fh()
         self._dirs[fh] = OpenDir(node)
@@ -750,6 +754,10 @@ class ZcfsOperations(pyfuse3.Operations):
                 break
 
     async def releasedir(self, fh: int) -> None:
+        self.close_dir(fh)
+
+    def close_dir(self, fh: int) -> None:
+        """RELEASEDIR (the last close of directory handle `fh`)."""
         opened = self._dirs.pop(fh, None)
         if opened is not None:
             self.inodes.unpin(opened.inode)

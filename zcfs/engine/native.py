@@ -676,8 +676,8 @@ class Session:
 
     # -- directories -----------------------------------------------------
 
-    async def _opendir(self, request: Request) -> bytes:
-        fh = await self.ops.opendir(request.nodeid, self._context(request))
+    def _opendir(self, request: Request) -> bytes:
+        fh = self.ops.open_dir(request.nodeid)
         cached = abi.FOPEN_CACHE_DIR | abi.FOPEN_KEEP_CACHE if self.ops.options.cache_dir else 0
         return pack_open_out(request.unique, fh, cached)
 
@@ -715,8 +715,8 @@ class Session:
                 break
         return out.pack(request.unique)
 
-    async def _releasedir(self, request: Request) -> bytes:
-        await self.ops.releasedir(request.body.fh)
+    def _releasedir(self, request: Request) -> bytes:
+        self.ops.close_dir(request.body.fh)
         return pack_empty(request.unique)
 
     async def _fsyncdir(self, request: Request) -> bytes:
