@@ -4,7 +4,9 @@ Every operation works relative to the O_PATH fd of an inode (`openat`-style,
 one name at a time, never following symlinks), so no name can climb out of
 the backing directory and renames underneath do not confuse us. Handlers
 just make their syscalls: `OSError` becomes `FUSEError` in one place
-(`_errors`). Data-path syscalls that can block for long (pread, pwrite,
+(`_errors`), or, for the plain methods the native engine calls for its
+commonest requests (`find`, `stat_inode`, ...), is answered with `errno_of`
+by the engine. Data-path syscalls that can block for long (pread, pwrite,
 fsync) go through `run_blocking`, so one slow disk request does not stall
 the others.
 
