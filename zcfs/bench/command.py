@@ -34,6 +34,10 @@ CONFIGURATIONS = {c.name: c for c in [
     zcfs("native", "native-auto"),
     zcfs("native+cache=auto", "native-auto+cache=auto"),
     zcfs("native+cache=always", "native-auto+cache=always"),
+    # The two transports side by side (uring needs fuse's enable_uring on).
+    *(zcfs(f"{name}+{transport}", f"{mode}+transport={transport}")
+      for name, mode in (("native", "native-auto"), ("native-splice", "native-splice"), ("native-off", "native-off"))
+      for transport in ("uring", "devfuse")),
 ]}
 
 # A suite: the workloads it runs and the configurations it compares (direct access always included).

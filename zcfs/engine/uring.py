@@ -54,6 +54,10 @@ WAKE = 1 << 63
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
+# io_uring_enter(fd, to_submit, min_complete, flags, sig, sigsz), once per
+# request: a prototype of its own spares building ctypes objects per call
+# (every argument a long, as syscall(2) reads them).
+_enter = ctypes.CFUNCTYPE(ctypes.c_long, *[ctypes.c_long] * 7, use_errno=True)(("syscall", _libc))
 
 
 def _check(result: int) -> int:
@@ -105,8 +109,7 @@ class Ring:
         """Submit `to_submit` queued SQEs and wait until `wait` CQEs are ready (releases the GIL)."""
         flags = IORING_ENTER_GETEVENTS if wait else 0
         while True:
-            result = _syscall(_NR_IO_URING_ENTER, self.fd, ctypes.c_uint(to_submit), ctypes.c_uint(wait),
-                              ctypes.c_uint(flags), None, ctypes.c_size_t(0))
+            result = _enter(_NR_IO_URING_ENTER, self.fd, to_submit, wait, flags, 0, 0)
             if result >= 0:
                 return
             code = ctypes.get_errno()
@@ -235,10 +238,14 @@ def possible_cpus() -> int:
     return count
 
 
+#: fuse's module parameter: the kernel offers FUSE_OVER_IO_URING at INIT while it is Y (root may set it).
+ENABLE_URING = "/sys/module/fuse/parameters/enable_uring"
+
+
 def offered_by_kernel() -> bool:
     """Whether the kernel's INIT will offer FUSE_OVER_IO_URING (fuse's enable_uring)."""
     try:
-        with open("/sys/module/fuse/parameters/enable_uring") as f:
+        with open(ENABLE_URING) as f:
             return f.read().strip() == "Y"
     except OSError:
         return False

@@ -91,8 +91,3 @@ def split_reply(reply: bytes | bytearray | memoryview) -> tuple[memoryview, memo
     goes in ring_ent_in_out.payload_sz)."""
     view = memoryview(reply)
     return view[:abi.OUT_HEADER.size], view[abi.OUT_HEADER.size:]
-
-
-def pack_ent_in_out(payload_sz: int) -> bytes:
-    """ring_ent_in_out of a reply: only payload_sz is read by the kernel."""
-    return ENT_IN_OUT.pack(0, 0, payload_sz)
