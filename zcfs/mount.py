@@ -282,13 +282,18 @@ def _unescape(field: bytes) -> str:
 
 
 def is_stale(path: str) -> bool:
-    """True if `path` is a FUSE mount whose daemon is gone (ENOTCONN)."""
+    """True if `path` is a FUSE mount whose daemon is gone (ENOTCONN).
+
+    ECONNABORTED too: a daemon killed while serving over io_uring keeps the
+    connection open until the kernel has torn its rings down, and a request
+    made meanwhile is ended with it.
+    """
     try:
         # statfs always asks the daemon; stat may be answered from the kernel's
         # attribute cache for a while after the daemon died.
         os.statvfs(path)
     except OSError as exc:
-        return exc.errno == errno.ENOTCONN
+        return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
     return False
 
 

@@ -70,6 +70,7 @@ class Stats:
             "capabilities": [],
             "options": options or {},
             "zero_copy": None,
+            "transport": None,  # native: "uring" (FUSE over io_uring) or "devfuse"
         }
         self._ops: dict[str, _OpCounters] = collections.defaultdict(_OpCounters)
         self._data = {direction: {"passthrough": {"opens": 0}, "splice": {"requests": 0, "bytes": 0},
