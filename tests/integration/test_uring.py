@@ -101,8 +101,10 @@ def test_falls_back_to_devfuse_when_not_offered(uring_off, mount_factory):
         mount_factory("native-auto", options=["transport=uring"], name="explicit")
 
 
-def test_transport_devfuse_is_honoured(uring_on, mount_factory):
-    mount = mount_factory("native-auto", options=["transport=devfuse"])
+@pytest.mark.parametrize("mode", ["native-auto+transport=devfuse", "native-splice"])
+def test_mounts_that_stay_on_devfuse(uring_on, mount_factory, mode):
+    """transport=devfuse, and the splice tier by default (splicing needs /dev/fuse): no ring, no fallback."""
+    mount = mount_factory(mode)
     os.listdir(mount.path)
     stats = mount.stats()
     assert stats["transport"] == "devfuse" and stats["gauges"]["ring_requests"] == 0 and not stats["fallbacks"]
