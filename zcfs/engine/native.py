@@ -20,6 +20,13 @@ kernel passthrough (READ never comes), splice, or copy. On the splice tier,
 while big WRITEs flow, workers receive requests through a pipe and splice
 a WRITE's payload from it into the backing file (splice.py: RequestPipe).
 
+Where the kernel offers FUSE over io_uring (uring.py), requests come from
+rings instead: one queue per CPU, each served by two pinned threads taking
+turns as the /dev/fuse workers do (`_ring_worker`); a request is parsed from
+the ring entry, answered by the same handlers, and its reply left in the
+entry. FORGET and INTERRUPT still come on /dev/fuse, whose workers keep
+reading it, and notifications are still written there.
+
 Every handler's errors are mapped in one place, `_answer`: FUSEError is an
 error reply with its errno; anything else is logged and answered EIO, and
 serving continues. INTERRUPT is counted and otherwise ignored: a request
@@ -275,7 +282,7 @@ class Session:
         """One worker thread: read a request, answer it, until unmounted or stopped."""
         buf = bytearray(self._buffer_size)
         pipe = None
-        if self.tiers.data_tier() == "splice":
+        if self.tiers.data_tier() == "splice" and not self._queues:  # WRITEs come on the ring
             prepare_pipes()
             pipe = self._request_pipe()
         poller = select.epoll()
@@ -388,13 +395,7 @@ class Session:
         it without rings to register would hang the mount. A refusal is a
         counted fallback to /dev/fuse, logged once.
         """
-        if self.config.transport == "devfuse" or (self.config.transport == "auto" and self.config.zero_copy == "splice"):
-            # Asked for the splice tier: splicing READ replies and WRITE
-            # payloads needs /dev/fuse. The ring reads by preadv into its
-            # buffer instead, which measured no faster (quick scale, 5 rounds,
-            # load ~9 on 2 vCPUs: seqread-warm 1,324 MB/s spliced on /dev/fuse,
-            # 1,362 by the ring, 0.29 s of daemon CPU per GiB both; cat-small
-            # 0.26 vs 0.29 s), so the mount keeps what it asked for.
+        if self.config.transport == "devfuse" or (self.config.transport == "auto" and self._splices()):
             return dataclasses.replace(neg, flags=neg.flags & ~abi.FUSE_OVER_IO_URING)
         if not neg.has(abi.FUSE_OVER_IO_URING):
             self._ring_refused("uring-not-offered", "the kernel does not offer it "
@@ -413,6 +414,21 @@ class Session:
             return dataclasses.replace(neg, flags=neg.flags & ~abi.FUSE_OVER_IO_URING)
         self.transport = self.stats.info["transport"] = "uring"
         return neg
+
+    def _splices(self) -> bool:
+        """Whether this mount's READs will be spliced: its best tier is splice,
+        or passthrough is asked for but cannot be had (the daemon lacks
+        CAP_SYS_ADMIN in the initial user namespace, which BACKING_OPEN needs).
+
+        Such a mount stays on /dev/fuse: splicing READ replies and WRITE
+        payloads needs it. The ring reads by preadv into its buffer instead,
+        which measured no faster (quick scale, 5 rounds, a shared 2-vCPU VM
+        at load ~9: seqread-warm 1,324 MB/s spliced on /dev/fuse, 1,362 by
+        the ring, 0.29 s of daemon CPU per GiB both; cat-small 0.26 vs
+        0.29 s), so the mount keeps the tier it asked for.
+        """
+        best = self.tiers.best_tier
+        return best == "splice" or (best == "passthrough" and not _admin_in_initial_namespace())
 
     def _ring_refused(self, reason: str, why: str) -> None:
         """Count and log once why the session serves on /dev/fuse."""
@@ -956,6 +972,18 @@ def _run_to_completion(coroutine: Any) -> Any:
         return done.value
     coroutine.close()
     raise RuntimeError("a handler waited on an event loop, which the native engine's workers do not run")
+
+
+def _admin_in_initial_namespace() -> bool:
+    """Whether this process holds CAP_SYS_ADMIN in the initial user namespace."""
+    try:
+        with open("/proc/self/uid_map") as f:
+            initial = f.read().split() == ["0", "0", "4294967295"]
+        with open("/proc/self/status") as f:
+            caps = next(line for line in f if line.startswith("CapEff:"))
+    except (OSError, StopIteration):
+        return False
+    return initial and bool(int(caps.split()[1], 16) & (1 << 21))  # CAP_SYS_ADMIN
 
 
 def _join(threads: list[threading.Thread]) -> None:
