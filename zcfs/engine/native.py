@@ -401,10 +401,10 @@ class Session:
             self._ring_refused("uring-not-offered", "the kernel does not offer it "
                                "(/sys/module/fuse/parameters/enable_uring is N)")
             return neg
+        size = payload_size(neg.max_write, neg.max_pages)
         try:
-            size = payload_size(neg.max_write, neg.max_pages)
-            self._queues = [RingQueue(self.dev_fd, qid, RING_ENTRIES, size)
-                            for qid in range(uring.possible_cpus())]
+            for qid in range(uring.possible_cpus()):
+                self._queues.append(RingQueue(self.dev_fd, qid, RING_ENTRIES, size))
         except OSError as exc:
             for queue in self._queues:
                 queue.close()

@@ -67,6 +67,16 @@ def _check(result: int) -> int:
     return result
 
 
+def pack_sqe(opcode: int, fd: int, cmd_op: int, addr: int, length: int, user_data: int, cmd: bytes) -> bytearray:
+    """A 128-byte SQE (commands carry their `cmd` in the SQE's command area)."""
+    return bytearray(_SQE.pack(opcode, 0, 0, fd, cmd_op, 0, addr, length, 0, user_data, 0, 0, 0, cmd))
+
+
+#: Where a command's fuse_uring_cmd_req.commit_id sits in the SQE.
+_COMMIT_ID = struct.Struct("<Q")
+_COMMIT_ID_OFFSET = 48 + 8
+
+
 class Ring:
     """One io_uring instance with 128-byte SQEs, mapped; thread-safe submission."""
 
@@ -94,14 +104,13 @@ class Ring:
         self._cq_head, self._cq_tail, self._cq_mask, self._cqes = cq[0] // 4, cq[1] // 4, self._u32[cq[2] // 4], cq[5]
         self._submit_lock = threading.Lock()
 
-    def push(self, opcode: int, fd: int, cmd_op: int, addr: int, length: int, user_data: int, cmd: bytes) -> None:
-        """Queue one SQE; the next io_uring_enter with to_submit=1 submits it."""
+    def push(self, sqe: bytes | bytearray) -> None:
+        """Queue one SQE (made by `pack_sqe`); the next io_uring_enter with to_submit=1 submits it."""
         with self._submit_lock:
             u32 = self._u32
             tail = u32[self._sq_tail]
             index = tail & self._sq_mask
-            _SQE.pack_into(self._sqes, index * _SQE_SIZE, opcode, 0, 0, fd, cmd_op, 0, addr, length, 0,
-                           user_data, 0, 0, 0, cmd)
+            self._sqes[index * _SQE_SIZE:(index + 1) * _SQE_SIZE] = sqe
             u32[self._sq_array + index] = index
             u32[self._sq_tail] = (tail + 1) & 0xFFFFFFFF
 
@@ -150,6 +159,7 @@ class RingEntry:
         self.iovecs_address = ctypes.addressof(self._iovecs)
         self.unique = 0  # the request in the buffers, to commit; 0 until the first one came
         self.replied = False
+        self.commit_sqe = bytearray()  # COMMIT_AND_FETCH for this entry, its commit id patched per request
 
     def arrived(self) -> None:
         """Note the request the kernel just put in the buffers."""
@@ -192,6 +202,9 @@ class RingQueue:
         self.qid = qid
         self.ring = Ring(2 * entries)  # room for every entry's command and the wake-ups
         self.entries = [RingEntry(n, payload_size) for n in range(entries)]
+        for entry in self.entries:
+            entry.commit_sqe = pack_sqe(IORING_OP_URING_CMD, dev_fd, ring.FUSE_IO_URING_CMD_COMMIT_AND_FETCH, 0, 0,
+                                        entry.index, ring.pack_cmd_req(qid))
         self.live = entries  # entries the kernel still holds or may hand back
         self.leader = threading.Lock()
 
@@ -199,16 +212,16 @@ class RingQueue:
         """Hand every entry to the kernel (FUSE_IO_URING_CMD_REGISTER); CQEs report failures."""
         cmd = ring.pack_cmd_req(self.qid)
         for entry in self.entries:
-            self.ring.push(IORING_OP_URING_CMD, self.dev_fd, ring.FUSE_IO_URING_CMD_REGISTER,
-                           entry.iovecs_address, 2, entry.index, cmd)
+            self.ring.push(pack_sqe(IORING_OP_URING_CMD, self.dev_fd, ring.FUSE_IO_URING_CMD_REGISTER,
+                                    entry.iovecs_address, 2, entry.index, cmd))
         self.ring.enter(len(self.entries), 0)
 
     def commit(self, entry: RingEntry, wait: bool) -> None:
         """Commit the reply in `entry` and fetch its next request; with `wait`, also
         wait in the same syscall until some entry holds a request."""
         entry.replied = False
-        self.ring.push(IORING_OP_URING_CMD, self.dev_fd, ring.FUSE_IO_URING_CMD_COMMIT_AND_FETCH,
-                       0, 0, entry.index, ring.pack_cmd_req(self.qid, entry.unique))
+        _COMMIT_ID.pack_into(entry.commit_sqe, _COMMIT_ID_OFFSET, entry.unique)
+        self.ring.push(entry.commit_sqe)
         self.ring.enter(1, 1 if wait else 0)
 
     def wait(self) -> None:
@@ -217,7 +230,7 @@ class RingQueue:
 
     def wake(self) -> None:
         """Make the thread waiting on this queue return (a NOP completes)."""
-        self.ring.push(IORING_OP_NOP, -1, 0, 0, 0, WAKE, b"")
+        self.ring.push(pack_sqe(IORING_OP_NOP, -1, 0, 0, 0, WAKE, b""))
         self.ring.enter(1, 0)
 
     def close(self) -> None:
