@@ -34,6 +34,7 @@ def test_layouts_match_fuse_h():
     assert ring.REQ_HEADER_SIZE == 288
     assert ring.CMD_REQ.size == 24  # struct fuse_uring_cmd_req: flags, commit_id, qid, padding[6]
     assert ring.pack_cmd_req(3, 77) == pack("<QQH6x", 0, 77, 3)
+    assert ring.pack_cmd_req(3, 77)[ring.CMD_REQ_COMMIT_ID_OFFSET:][:8] == pack("<Q", 77)
 
 
 def test_payload_size_is_the_kernels_minimum():

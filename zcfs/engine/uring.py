@@ -72,9 +72,10 @@ def pack_sqe(opcode: int, fd: int, cmd_op: int, addr: int, length: int, user_dat
     return bytearray(_SQE.pack(opcode, 0, 0, fd, cmd_op, 0, addr, length, 0, user_data, 0, 0, 0, cmd))
 
 
+_SQE_CMD_OFFSET = 48  # the command area
 #: Where a command's fuse_uring_cmd_req.commit_id sits in the SQE.
 _COMMIT_ID = struct.Struct("<Q")
-_COMMIT_ID_OFFSET = 48 + 8
+_COMMIT_ID_OFFSET = _SQE_CMD_OFFSET + ring.CMD_REQ_COMMIT_ID_OFFSET
 
 
 class Ring:

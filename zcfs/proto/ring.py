@@ -39,6 +39,7 @@ ENT_IN_OUT = struct.Struct("<QQI4x8x")
 REQ_HEADER_SIZE = ENT_IN_OUT_OFFSET + ENT_IN_OUT.size  # 288
 #: struct fuse_uring_cmd_req, in the SQE's command area: flags, commit_id, qid, padding.
 CMD_REQ = struct.Struct("<QQH6x")
+CMD_REQ_COMMIT_ID_OFFSET = 8
 
 
 def payload_size(max_write: int, max_pages: int, page: int = 4096) -> int:
