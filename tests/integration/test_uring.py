@@ -100,9 +100,10 @@ def test_falls_back_to_devfuse_when_not_offered(uring_off, mount_factory):
         mount_factory("native-auto", options=["transport=uring"], name="explicit")
 
 
-@pytest.mark.parametrize("mode", ["native-auto+transport=devfuse", "native-splice"])
+@pytest.mark.parametrize("mode", ["native-auto+transport=devfuse", "native-splice", "native-auto+auto_unmount"])
 def test_mounts_that_stay_on_devfuse(uring_on, mount_factory, mode):
-    """transport=devfuse, and the splice tier by default (splicing needs /dev/fuse): no ring, no fallback."""
+    """transport=devfuse; by default the splice tier (splicing needs /dev/fuse) and
+    auto_unmount (see test_mounting.py's killed daemon): no ring, no fallback."""
     mount = mount_factory(mode)
     os.listdir(mount.path)
     stats = mount.stats()

@@ -395,7 +395,12 @@ class Session:
         it without rings to register would hang the mount. A refusal is a
         counted fallback to /dev/fuse, logged once.
         """
-        if self.config.transport == "devfuse" or (self.config.transport == "auto" and self._splices()):
+        if self.config.transport == "devfuse" or (self.config.transport == "auto" and (
+                self._splices() or "auto_unmount" in self.config.extra_fuse_options)):
+            # auto_unmount: fusermount3 unmounts after the daemon died only if
+            # opening the mount then fails with ENOTCONN; a killed ring daemon's
+            # connection answers ECONNABORTED for the few ms the kernel takes
+            # to tear its rings down, just when fusermount3 looks.
             return dataclasses.replace(neg, flags=neg.flags & ~abi.FUSE_OVER_IO_URING)
         if not neg.has(abi.FUSE_OVER_IO_URING):
             self._ring_refused("uring-not-offered", "the kernel does not offer it "
