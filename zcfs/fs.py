@@ -97,13 +97,11 @@ CACHE_POLICIES: dict[str, dict[str, object]] = {
     # Names and attributes for a second; file data kept while its mtime holds.
     "auto": dict(entry_timeout=1.0, attr_timeout=1.0, negative_timeout=0.0, keep_cache=True,
                  direct_io=False, cache_dir=False, watch=False),
-    # Remember everything, and have the kernel forget what others change in
-    # the backing dir (engine/watch.py); `auto` where that cannot be watched.
-    # Listings are read afresh: with FOPEN_CACHE_DIR, clients creating and
-    # removing names in one directory while others list it saw a removed name
-    # still listed (native-auto, 64 clients; posix readdir_while_changing).
+    # Remember everything, listings too (keeps_listing), and have the kernel
+    # forget what others change in the backing dir (engine/watch.py); `auto`
+    # where that cannot be watched.
     "watch": dict(entry_timeout=_DAY, attr_timeout=_DAY, negative_timeout=_DAY, keep_cache=True,
-                  direct_io=False, cache_dir=False, watch=True),
+                  direct_io=False, cache_dir=True, watch=True),
     # Only the mount changes the backing dir: remember everything, listings too.
     "always": dict(entry_timeout=_DAY, attr_timeout=_DAY, negative_timeout=_DAY, keep_cache=True,
                    direct_io=False, cache_dir=True, watch=False),
@@ -174,6 +172,9 @@ class ZcfsOperations(pyfuse3.Operations):
         self.stats = stats  # anything with a `json()` method, or None
         self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, OpenDir] = {}
+        # node id -> the one open of that directory whose listing the kernel
+        # may keep (FOPEN_CACHE_DIR); see keeps_listing.
+        self._listing_keepers: dict[int, int] = {}
         # Removed files we let go of (their fd closed so their space comes
         # back) while the kernel still knows them: node id -> last attributes.
         self._gone: dict[int, os.stat_result] = {}
@@ -635,7 +636,26 @@ class ZcfsOperations(pyfuse3.Operations):
         fh = self._new_fh()
         self._dirs[fh] = OpenDir(node)
         self.inodes.pin(node)
+        if self.options.cache_dir:
+            self._listing_keepers.setdefault(node.number, fh)
         return fh
+
+    def keeps_listing(self, fh: int) -> bool:
+        """Whether the kernel may keep the listing read through open directory `fh`
+        (FOPEN_CACHE_DIR): only through one open of a directory at a time.
+
+        The kernel stamps a kept listing with the directory's version when a
+        read at offset 0 starts filling it, and then appends whatever any open
+        with the flag reads from the end of it (fs/fuse/readdir.c). An open
+        that went on listing from our snapshot taken before a change appended
+        that old snapshot to a listing a newer open had restarted, stamped
+        after the change: the name the change made or removed stayed wrong in
+        every later listing. With one open keeping, what is appended comes
+        from snapshots taken after the stamp (each of that open's listings
+        starts at offset 0), and a change since makes the next one start
+        afresh. Other opens read from us.
+        """
+        return self._listing_keepers.get(self._opendir(fh).inode.number) == fh
 
     def _opendir(self, fh: int) -> OpenDir:
         try:
@@ -710,6 +730,8 @@ class ZcfsOperations(pyfuse3.Operations):
     async def releasedir(self, fh: int) -> None:
         opened = self._dirs.pop(fh, None)
         if opened is not None:
+            if self._listing_keepers.get(opened.inode.number) == fh:
+                del self._listing_keepers[opened.inode.number]
             self.inodes.unpin(opened.inode)
 
     @_errors
@@ -784,6 +806,7 @@ class ZcfsOperations(pyfuse3.Operations):
             os.close(opened.fd)
         self._files.clear()
         self._dirs.clear()
+        self._listing_keepers.clear()
         self._gone.clear()
         self.inodes.close_all()
 

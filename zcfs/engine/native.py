@@ -735,8 +735,12 @@ class Session:
     def _open_flags(self, fi: Any) -> tuple[int, int]:
         """FOPEN_* flags and backing id of a new open file, its tier chosen."""
         opened = self.ops.file(fi.fh)
+        # close() of a read-only handle skips FLUSH: our flush only reports
+        # deferred write errors, and the kernel keeps locks itself (we ask
+        # for neither FUSE_POSIX_LOCKS nor FUSE_FLOCK_LOCKS).
+        noflush = abi.FOPEN_NOFLUSH if opened.flags & os.O_ACCMODE == os.O_RDONLY else 0
         if not stat.S_ISREG(opened.inode.mode):
-            return (abi.FOPEN_KEEP_CACHE if fi.keep_cache else 0), 0
+            return (abi.FOPEN_KEEP_CACHE if fi.keep_cache else 0) | noflush, 0
         map_writable = _map_writable(opened.flags)
         state = self.tiers.open(opened.inode, opened.fd, map_writable, self._may_pass_through(opened.fd))
         if state.tier == "passthrough":
@@ -746,8 +750,8 @@ class Session:
                 # from now on they are not cached (TierChooser.uncached).
                 self._send(pack_notify_inval_inode(opened.inode.number))
             # Passthrough conflicts with DIRECT_IO; KEEP_CACHE means nothing to it.
-            return abi.FOPEN_PASSTHROUGH, state.backing_id
-        flags = abi.FOPEN_KEEP_CACHE if fi.keep_cache else 0
+            return abi.FOPEN_PASSTHROUGH | noflush, state.backing_id
+        flags = (abi.FOPEN_KEEP_CACHE if fi.keep_cache else 0) | noflush
         if fi.direct_io:
             flags |= abi.FOPEN_DIRECT_IO
         return flags, 0
@@ -883,8 +887,12 @@ class Session:
 
     async def _opendir(self, request: Request) -> bytes:
         fh = await self.ops.opendir(request.nodeid, self._context(request))
-        cached = abi.FOPEN_CACHE_DIR | abi.FOPEN_KEEP_CACHE if self.ops.options.cache_dir else 0
-        return pack_open_out(request.unique, fh, cached)
+        flags = 0
+        if self.ops.options.cache_dir:
+            # KEEP_CACHE on every open: without it an open drops the listing
+            # the keeping open is filling (fuse_open_common).
+            flags = abi.FOPEN_KEEP_CACHE | (abi.FOPEN_CACHE_DIR if self.ops.keeps_listing(fh) else 0)
+        return pack_open_out(request.unique, fh, flags)
 
     async def _readdir(self, request: Request) -> bytes:
         b = request.body
