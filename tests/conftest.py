@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from zcfs.testing import Mount, mode_args as _mode_args, mount_is_listed, start_mount, stop_mount  # noqa: F401
+from zcfs.testing import (  # noqa: F401
+    Mount, fuse_uring_setting, mode_args as _mode_args, mount_is_listed, ring_skip_reason, start_mount, stop_mount,
+)
 
 # Every engine × tier the integration suite runs against. ZCFS_TEST_MODES
 # ("pyfuse3,native-splice") narrows it for a quick local run.
@@ -29,6 +31,19 @@ def fuse_skip_reason() -> str | None:
     if os.geteuid() != 0:
         return "mount tests run as root"
     return None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fuse_over_io_uring():
+    """FUSE over io_uring offered for the whole run, where root may turn it on
+    (fuse's enable_uring, put back after): the native modes then run on their
+    default transport, the ring (test_uring.py checks they do). Without it
+    they serve on /dev/fuse, the fallback."""
+    if ring_skip_reason() is not None:
+        yield
+        return
+    with fuse_uring_setting(True):
+        yield
 
 
 @pytest.fixture(params=MODES)

@@ -49,6 +49,8 @@ SHAPE = {
     "capabilities": ListOf(str),        # INIT flags granted, lower case (native)
     "options": Open({"backing": str, "mountpoint": str, "zero_copy": str}, object),
     "zero_copy": (str, type(None)),     # the tier setting in force ("off" for pyfuse3)
+    "transport": (str, type(None)),     # "uring" (FUSE over io_uring) or "devfuse" (native); null for pyfuse3
+    "transport_fallback": (str, type(None)),  # why not the ring ("uring-not-offered", "uring-setup-eperm", ...)
     "uptime": NUMBER,                   # seconds since start_time
     "read": _DATA,
     "write": _DATA,

@@ -18,6 +18,7 @@ from .usage import UsageError
 
 ENGINES = ("native", "pyfuse3")
 TIERS = ("auto", "passthrough", "splice", "off")
+TRANSPORTS = ("auto", "uring", "devfuse")
 
 
 @dataclasses.dataclass
@@ -40,6 +41,9 @@ class MountConfig:
     # Native engine: how long the reading worker polls /dev/fuse after a reply
     # before it sleeps, while requests keep coming back that fast (-o spin_us=).
     spin_seconds: float = 100e-6
+    # Native engine: how requests travel (-o transport=): FUSE over io_uring
+    # where the kernel offers it ("auto"), always ("uring"), or /dev/fuse.
+    transport: str = "auto"
 
     @property
     def read_only(self) -> bool:
@@ -166,6 +170,7 @@ OPTIONS: dict[str, Option] = {
     "direct_io": (False, _fs_switch("direct_io", True)),
     "writeback_cache": (False, _fs_switch("writeback_cache", True)),
     "spin_us": (True, _spin),
+    "transport": (True, _choice("transport", TRANSPORTS)),
     # mount(8) asks an existing mount to change its flags
     "remount": (False, _remount),
     # mount(8), fstab and systemd bookkeeping, and flags a FUSE mount has no use for
@@ -277,13 +282,18 @@ def _unescape(field: bytes) -> str:
 
 
 def is_stale(path: str) -> bool:
-    """True if `path` is a FUSE mount whose daemon is gone (ENOTCONN)."""
+    """True if `path` is a FUSE mount whose daemon is gone (ENOTCONN).
+
+    ECONNABORTED too: a daemon killed while serving over io_uring keeps the
+    connection open until the kernel has torn its rings down, and a request
+    made meanwhile is ended with it.
+    """
     try:
         # statfs always asks the daemon; stat may be answered from the kernel's
         # attribute cache for a while after the daemon died.
         os.statvfs(path)
     except OSError as exc:
-        return exc.errno == errno.ENOTCONN
+        return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
     return False
 
 

@@ -70,6 +70,8 @@ class Stats:
             "capabilities": [],
             "options": options or {},
             "zero_copy": None,
+            "transport": None,  # native: "uring" (FUSE over io_uring) or "devfuse"
+            "transport_fallback": None,  # native: why not "uring" where it was not ruled out ("uring-not-offered", ...)
         }
         self._ops: dict[str, _OpCounters] = collections.defaultdict(_OpCounters)
         self._data = {direction: {"passthrough": {"opens": 0}, "splice": {"requests": 0, "bytes": 0},

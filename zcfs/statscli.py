@@ -141,7 +141,9 @@ def render(snap: dict[str, Any]) -> str:
     lines = [
         f"zcfs mount {options.get('mountpoint', '?')} of {options.get('backing', '?')}",
         f"engine {snap['engine']}, FUSE protocol {snap['protocol'] or 'unknown'}, "
-        f"zero-copy {snap['zero_copy'] or 'unknown'}, up {format_duration(snap['uptime'])}",
+        f"zero-copy {snap['zero_copy'] or 'unknown'}, up {format_duration(snap['uptime'])}"
+        + (f", transport {snap['transport']}" if snap.get("transport") else "")
+        + (f" ({snap['transport_fallback']})" if snap.get("transport_fallback") else ""),
         "capabilities: " + (" ".join(snap["capabilities"]) or "unknown"),
         "",
     ]

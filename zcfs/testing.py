@@ -158,3 +158,32 @@ def sha256(path: Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def ring_skip_reason() -> str | None:
+    """Why FUSE over io_uring cannot be tried here, or None."""
+    from .engine import uring
+    if not os.path.exists(uring.ENABLE_URING):
+        return "the kernel has no FUSE over io_uring (CONFIG_FUSE_IO_URING)"
+    if not os.access(uring.ENABLE_URING, os.W_OK):
+        return f"{uring.ENABLE_URING} is not writable (needs root)"
+    try:
+        uring.Ring(1).close()
+    except OSError as exc:
+        return f"io_uring_setup refused: {exc.strerror} (kernel.io_uring_disabled, seccomp)"
+    return None
+
+
+@contextlib.contextmanager
+def fuse_uring_setting(on: bool) -> Iterator[None]:
+    """fuse's enable_uring set to `on` for the block (mounts made in it see it at INIT), then put back."""
+    from .engine import uring
+    with open(uring.ENABLE_URING) as knob:
+        before = knob.read().strip()
+    with open(uring.ENABLE_URING, "w") as knob:
+        knob.write("Y" if on else "N")
+    try:
+        yield
+    finally:
+        with open(uring.ENABLE_URING, "w") as knob:
+            knob.write(before)

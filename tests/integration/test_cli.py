@@ -241,7 +241,8 @@ def test_stale_mount_is_cleared(how, fuse_mode, area):
     first.wait()
     with pytest.raises(OSError) as stale:
         os.listdir(mnt)
-    assert stale.value.errno == errno.ENOTCONN
+    # ECONNABORTED while the kernel tears down a killed daemon's io_uring (mount.is_stale)
+    assert stale.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
     # restarted at once, while stat() of the dead mount may still be answered from that cache
     assert mounts_under(area) == [str(mnt)]
     if how == "background":

@@ -41,6 +41,10 @@ CONFIGURATIONS = {c.name: c for c in [
     zcfs("uncached", UNCACHED),
     zcfs("uncached-again", UNCACHED),  # the same again: the noise floor of the comparison
     zcfs("uncached-nostats", UNCACHED, env={"ZCFS_NO_STATS": "1"}),  # every record_* a no-op
+    # The two transports side by side (uring needs fuse's enable_uring on).
+    *(zcfs(f"{name}+{transport}", f"{mode}+transport={transport}")
+      for name, mode in (("native", "native-auto"), ("native-splice", "native-splice"), ("native-off", "native-off"))
+      for transport in ("uring", "devfuse")),
 ]}
 
 
