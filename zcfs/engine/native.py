@@ -58,6 +58,7 @@ from ..proto import (
 )
 from ..stats import Stats
 from . import devfuse, watch
+from .listing import Readers
 from .backing import TierChooser
 from .splice import (
     WRITE_HEADERS, PipedPayload, ReceiveMode, RequestPipe, SpliceError, copy_read_reply, prepare_pipes,
@@ -119,6 +120,7 @@ class Session:
         if config.fs.writeback_cache and best == "passthrough":
             best = "splice"  # the kernel refuses passthrough with the writeback cache
         self.tiers = TierChooser(dev_fd, best, stats)
+        self._readers = Readers()  # which listings carry their files' attributes
         # FUSE_ASYNC_DIO is never asked for (_CAPABILITIES): the kernel waits
         # for every direct write and drops the pages it covers itself.
         ops.async_direct_writes = False
@@ -409,6 +411,7 @@ class Session:
     # -- inodes ----------------------------------------------------------
 
     async def _lookup(self, request: Request) -> bytes:
+        self._readers.looked_up(request.header.pid, request.nodeid)
         entry = await self.ops.lookup(request.nodeid, request.body.name, self._context(request))
         return pack_entry_out(request.unique, *self._entry_args(entry))
 
@@ -677,17 +680,15 @@ class Session:
         b = request.body
         out = DirentBuffer(b.size, plus=True)
         options, attr_ino = self.ops.options, self.ops.inodes.attr_ino
-        for next_offset, name, d_ino, d_type in self.ops.list_entries(b.fh, b.offset):
-            if name in DOT_NAMES:
-                # nodeid 0: the kernel takes no lookup reference on "." and "..".
-                if not out.add(name, attr_ino(d_ino), d_type, next_offset):
+        files = self._readers.file_attributes(request.header.pid, request.nodeid)
+        for next_offset, name, d_ino, d_type, inode, st in self.ops.list_looked_up(b.fh, b.offset, files):
+            if inode is None:
+                # nodeid 0: the kernel lists the name alone, and takes no lookup
+                # reference (never one on "." and "..", whose d_ino are node ids).
+                if not out.add(name, attr_ino(d_ino) if name in DOT_NAMES else d_ino, d_type, next_offset):
                     break
                 continue
-            found = self.ops.lookup_listed(b.fh, name)
-            if found is None:
-                continue  # vanished since the listing was taken
             # Packed straight from the lstat: this runs for every entry of a listing.
-            inode, st = found
             nodeid = inode.number
             entry = (nodeid, inode.generation, options.entry_timeout,
                      self._attr_timeout(nodeid, options.attr_timeout), st)
