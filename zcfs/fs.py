@@ -684,14 +684,16 @@ class ZcfsOperations(pyfuse3.Operations):
     def list_looked_up(self, fh: int, start: int, files: bool = True) -> Iterator[ListedEntry]:
         """`list_entries` for READDIRPLUS: each name with its inode (one kernel
         lookup counted) and lstat, but "." and ".." (the kernel takes no
-        lookup of them), and with `files` False all but subdirectories, with
-        None and None. Names gone since the listing was taken are left out.
-        An entry the caller does not send must be forgotten
+        lookup of them), and with `files` False all but subdirectories and
+        objects in use (whose attributes the kernel may have dropped after a
+        write), with None and None. Names gone since the listing was taken
+        are left out. An entry the caller does not send must be forgotten
         (`inodes.forget`): the kernel will not count it.
         """
         parent = self._opendir(fh).inode
+        dev = 0 if files else os.fstat(parent.fd).st_dev
         for next_offset, name, d_ino, d_type in self.list_entries(fh, start):
-            if name in DOT_NAMES or not (files or d_type == _DT_DIR):
+            if name in DOT_NAMES or not (files or d_type == _DT_DIR or self.inodes.in_use(dev, d_ino)):
                 yield next_offset, name, d_ino, d_type, None, None
                 continue
             try:

@@ -14,10 +14,12 @@ outside the daemon's pid namespace, always gets attributes):
 
 1. The first directory a reader lists gets attributes for every name, as
    before: a single `ls -l` or `stat *` pays nothing.
-2. Every later directory it lists gets them for its subdirectories only
-   (a walker descends into those: one LOOKUP each saved) and nodeid 0 for
-   the rest, which the kernel lists by name alone (fs/fuse/readdir.c,
-   fuse_direntplus_link: "userspace did not want to return attributes").
+2. Every later directory it lists gets them for its subdirectories (a
+   walker descends into those: one LOOKUP each saved) and for objects in
+   use (whose attributes the kernel drops after a write: a GETATTR each
+   saved) only, and nodeid 0 for the rest, which the kernel lists by name
+   alone (fs/fuse/readdir.c, fuse_direntplus_link: "userspace did not want
+   to return attributes").
 3. A LOOKUP by the reader in the last directory it got that way shows it
    stats what it lists: from then on it gets every attribute again. Such a
    reader pays one directory's LOOKUPs once.
