@@ -786,10 +786,13 @@ def _opname(opcode: int) -> str:
 
 
 # The INIT capabilities we ask for; the granted ones are shown in stats.
-# DO_READDIRPLUS without READDIRPLUS_AUTO: every listing carries attributes.
+# DO_READDIRPLUS without READDIRPLUS_AUTO: every listing is a READDIRPLUS,
+# and engine/listing.py decides, per reader, which entries carry attributes.
 # With AUTO the kernel lists all but a directory's first chunk plainly when
 # the reader does not stat in between (fts, as in du and git, reads a whole
-# directory first), and then pays a LOOKUP round trip per entry.
+# directory first), and then pays a LOOKUP round trip per entry; yet it gives
+# attributes to every first chunk, so a name walker (find) of directories of
+# a few hundred entries would gain nothing.
 _CAPABILITIES = (
     "ASYNC_READ", "BIG_WRITES", "PARALLEL_DIROPS", "DO_READDIRPLUS",
     "ATOMIC_O_TRUNC", "EXPORT_SUPPORT", "MAX_PAGES", "AUTO_INVAL_DATA", "SPLICE_WRITE", "SPLICE_MOVE", "SPLICE_READ",
