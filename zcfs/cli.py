@@ -28,7 +28,7 @@ SUBCOMMANDS = {"stats": "zcfs.statscli", "bench": "zcfs.bench.command"}
 OTHER_COMMANDS = """\
 other commands:
   zcfs stats MOUNTPOINT [--json] [--watch SECONDS]   a mount's statistics (zcfs stats -h)
-  zcfs bench [DIR] [--quick] [--suite default|meta]  measure zcfs on this machine (zcfs bench -h)
+  zcfs bench [DIR] [--quick] [--suite NAME]          measure zcfs on this machine (zcfs bench -h)
   fusermount3 -u MOUNTPOINT                          unmount; the daemon exits"""
 
 

@@ -4,7 +4,9 @@ Every operation works relative to the O_PATH fd of an inode (`openat`-style,
 one name at a time, never following symlinks), so no name can climb out of
 the backing directory and renames underneath do not confuse us. Handlers
 just make their syscalls: `OSError` becomes `FUSEError` in one place
-(`_errors`). Data-path syscalls that can block for long (pread, pwrite,
+(`_errors`), or, for the plain methods the native engine calls for its
+commonest requests (`find`, `stat_inode`, ...), is answered with `errno_of`
+by the engine. Data-path syscalls that can block for long (pread, pwrite,
 fsync) go through `run_blocking`, so one slow disk request does not stall
 the others.
 
@@ -97,13 +99,11 @@ CACHE_POLICIES: dict[str, dict[str, object]] = {
     # Names and attributes for a second; file data kept while its mtime holds.
     "auto": dict(entry_timeout=1.0, attr_timeout=1.0, negative_timeout=0.0, keep_cache=True,
                  direct_io=False, cache_dir=False, watch=False),
-    # Remember everything, and have the kernel forget what others change in
-    # the backing dir (engine/watch.py); `auto` where that cannot be watched.
-    # Listings are read afresh: with FOPEN_CACHE_DIR, clients creating and
-    # removing names in one directory while others list it saw a removed name
-    # still listed (native-auto, 64 clients; posix readdir_while_changing).
+    # Remember everything, listings too (keeps_listing), and have the kernel
+    # forget what others change in the backing dir (engine/watch.py); `auto`
+    # where that cannot be watched.
     "watch": dict(entry_timeout=_DAY, attr_timeout=_DAY, negative_timeout=_DAY, keep_cache=True,
-                  direct_io=False, cache_dir=False, watch=True),
+                  direct_io=False, cache_dir=True, watch=True),
     # Only the mount changes the backing dir: remember everything, listings too.
     "always": dict(entry_timeout=_DAY, attr_timeout=_DAY, negative_timeout=_DAY, keep_cache=True,
                    direct_io=False, cache_dir=True, watch=False),
@@ -134,15 +134,21 @@ class OpenDir:
     entries: list[tuple[int, bytes, int, int]] | None = None
 
 
+def errno_of(exc: OSError) -> int:
+    """The errno a handler's failed syscall is answered with."""
+    return exc.errno or errno.EIO
+
+
 def _errors(handler: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn OSError from a handler's syscalls into FUSEError (one place for all)."""
+    """Turn OSError from a handler's syscalls into FUSEError (one place for all
+    pyfuse3 handlers; the native engine maps errno_of itself, one raise less)."""
 
     @functools.wraps(handler)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return await handler(*args, **kwargs)
         except OSError as exc:
-            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+            raise pyfuse3.FUSEError(errno_of(exc)) from None
 
     return wrapper
 
@@ -179,6 +185,9 @@ class ZcfsOperations(pyfuse3.Operations):
         self.stats = stats  # anything with a `json()` method, or None
         self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, OpenDir] = {}
+        # node id -> the one open of that directory whose listing the kernel
+        # may keep (FOPEN_CACHE_DIR); see keeps_listing.
+        self._listing_keepers: dict[int, int] = {}
         # Removed files we let go of (their fd closed so their space comes
         # back) while the kernel still knows them: node id -> last attributes.
         self._gone: dict[int, os.stat_result] = {}
@@ -255,8 +264,7 @@ class ZcfsOperations(pyfuse3.Operations):
         return self.inodes.remember(fd, st), st
 
     def _entry_for(self, parent: Inode, name: bytes) -> pyfuse3.EntryAttributes:
-        inode, st = self._lookup_name(parent, name)
-        return self._attributes(inode, st)
+        return self._attributes(*self._lookup_name(parent, name))
 
     def _check_writable(self) -> None:
         if self.options.read_only:
@@ -293,26 +301,46 @@ class ZcfsOperations(pyfuse3.Operations):
 
     @_errors
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        found = self.find(parent_inode, name)
+        return self.negative_entry() if found is None else self._attributes(*found)
+
+    # The methods without `async` below are what the native engine calls for
+    # its commonest requests: plain calls (no coroutine to drive), attributes
+    # as os.stat_result (packed as they are), OSError left to the engine.
+
+    def find(self, parent_inode: int, name: bytes) -> tuple[Inode, os.stat_result] | None:
+        """LOOKUP: `name` in `parent_inode` and its attributes, counted as one
+        kernel lookup; None for a negative entry (see negative_entry).
+        Raises OSError or FUSEError."""
         if name == b".":
             # The kernel decoding a file handle of an inode it dropped: the
             # table reopens a node id it forgot from the handle it encodes.
-            return self._attributes(self.inodes.relookup(parent_inode))
+            inode = self.inodes.relookup(parent_inode)
+            return inode, os.fstat(inode.fd)
         parent = self._inode(parent_inode)
         if name == b"..":
             if parent.number == ROOT_INODE:
-                return self._attributes(self.inodes.relookup(ROOT_INODE))
-            return self._entry_for(parent, b"..")
+                inode = self.inodes.relookup(ROOT_INODE)
+                return inode, os.fstat(inode.fd)
+            return self._lookup_name(parent, b"..")
         try:
-            return self._entry_for(parent, _check_name(name))
+            return self._lookup_name(parent, _check_name(name))
         except FileNotFoundError:
             if not self.options.negative_timeout:
                 raise
-        # A negative entry (node id 0): the kernel remembers the name is absent.
+        return None
+
+    def negative_entry(self) -> pyfuse3.EntryAttributes:
+        """A negative entry (node id 0): the kernel remembers the name is absent."""
         absent = pyfuse3.EntryAttributes()
         absent.entry_timeout = self.options.negative_timeout
         return absent
 
     async def forget(self, inode_list: Any) -> None:
+        self.forget_lookups(inode_list)
+
+    def forget_lookups(self, inode_list: Any) -> None:
+        """FORGET, BATCH_FORGET: (node id, count) pairs."""
         for number, count in inode_list:
             self.inodes.forget(number, count)
             if number in self._gone:
@@ -323,8 +351,13 @@ class ZcfsOperations(pyfuse3.Operations):
 
     @_errors
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        return self._attributes(*self.stat_inode(inode))
+
+    def stat_inode(self, inode: int) -> tuple[Inode, os.stat_result]:
+        """GETATTR: the inode and its attributes (a removed file's last ones)."""
         node = self._inode(inode)
-        return self._attributes(node, self._gone.get(inode))
+        st = self._gone.get(inode)
+        return node, os.fstat(node.fd) if st is None else st
 
     @_errors
     async def setattr(self, inode: int, attr: Any, fields: Any, fh: int | None, ctx: Any) -> pyfuse3.EntryAttributes:
@@ -403,18 +436,19 @@ class ZcfsOperations(pyfuse3.Operations):
 
     @_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
-        self._remove(parent_inode, name, os.unlink)
+        self.remove(parent_inode, name, directory=False)
 
     @_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
-        self._remove(parent_inode, name, os.rmdir)
+        self.remove(parent_inode, name, directory=True)
 
-    def _remove(self, parent_inode: int, name: bytes, remove: Callable[..., None]) -> None:
-        """unlink or rmdir `name`, keeping the fd of an object that loses its last name."""
+    def remove(self, parent_inode: int, name: bytes, directory: bool) -> None:
+        """UNLINK or RMDIR `name`, keeping the fd of an object that loses its
+        last name. Raises OSError or FUSEError."""
         self._check_writable()
         parent = self._inode(parent_inode)
         victim = self._last_link_victim(parent, _check_name(name))
-        remove(name, dir_fd=parent.fd)
+        (os.rmdir if directory else os.unlink)(name, dir_fd=parent.fd)
         if victim is not None:
             self._lost_last_name(victim)
 
@@ -485,9 +519,12 @@ class ZcfsOperations(pyfuse3.Operations):
 
     @_errors
     async def open(self, inode: int, flags: int, ctx: Any, kill_setid: bool | None = None) -> pyfuse3.FileInfo:
-        """Open `inode`; `kill_setid`: whether the kernel asks us to clear
+        return self.open_handle(inode, flags, ctx, kill_setid)
+
+    def open_handle(self, inode: int, flags: int, ctx: Any, kill_setid: bool | None = None) -> pyfuse3.FileInfo:
+        """OPEN `inode`; `kill_setid`: whether the kernel asks us to clear
         set-id bits after an O_TRUNC (FUSE_OPEN_KILL_SUIDGID), None if it
-        cannot say (see _truncating_kill)."""
+        cannot say (see _truncating_kill). Raises OSError or FUSEError."""
         node = self._inode(inode)
         if self.options.read_only and flags & os.O_ACCMODE != os.O_RDONLY:
             raise pyfuse3.FUSEError(errno.EROFS)
@@ -582,6 +619,10 @@ class ZcfsOperations(pyfuse3.Operations):
 
     @_errors
     async def flush(self, fh: int) -> None:
+        self.flush_handle(fh)
+
+    def flush_handle(self, fh: int) -> None:
+        """FLUSH (a close of `fh`). Raises OSError or FUSEError."""
         opened = self.file(fh)
         if not self._flush_on_close:
             raise pyfuse3.FUSEError(errno.ENOSYS)  # see _LOCAL_FILESYSTEMS
@@ -595,6 +636,10 @@ class ZcfsOperations(pyfuse3.Operations):
 
     @_errors
     async def release(self, fh: int) -> None:
+        self.close_handle(fh)
+
+    def close_handle(self, fh: int) -> None:
+        """RELEASE (the last close of `fh`). Raises OSError."""
         opened = self._files.pop(fh, None)
         if opened is not None:
             try:
@@ -636,11 +681,34 @@ class ZcfsOperations(pyfuse3.Operations):
 
     @_errors
     async def opendir(self, inode: int, ctx: Any) -> int:
+        return self.open_dir(inode)
+
+    def open_dir(self, inode: int) -> int:
+        """OPENDIR: a new directory handle. Raises OSError or FUSEError."""
         node = self._inode(inode)
         fh = self._new_fh()
         self._dirs[fh] = OpenDir(node)
         self.inodes.pin(node)
+        if self.options.cache_dir:
+            self._listing_keepers.setdefault(node.number, fh)
         return fh
+
+    def keeps_listing(self, fh: int) -> bool:
+        """Whether the kernel may keep the listing read through open directory `fh`
+        (FOPEN_CACHE_DIR): only through one open of a directory at a time.
+
+        The kernel stamps a kept listing with the directory's version when a
+        read at offset 0 starts filling it, and then appends whatever any open
+        with the flag reads from the end of it (fs/fuse/readdir.c). An open
+        that went on listing from our snapshot taken before a change appended
+        that old snapshot to a listing a newer open had restarted, stamped
+        after the change: the name the change made or removed stayed wrong in
+        every later listing. With one open keeping, what is appended comes
+        from snapshots taken after the stamp (each of that open's listings
+        starts at offset 0), and a change since makes the next one start
+        afresh. Other opens read from us.
+        """
+        return self._listing_keepers.get(self._opendir(fh).inode.number) == fh
 
     def _opendir(self, fh: int) -> OpenDir:
         try:
@@ -716,8 +784,14 @@ class ZcfsOperations(pyfuse3.Operations):
                 break
 
     async def releasedir(self, fh: int) -> None:
+        self.close_dir(fh)
+
+    def close_dir(self, fh: int) -> None:
+        """RELEASEDIR (the last close of directory handle `fh`)."""
         opened = self._dirs.pop(fh, None)
         if opened is not None:
+            if self._listing_keepers.get(opened.inode.number) == fh:
+                del self._listing_keepers[opened.inode.number]
             self.inodes.unpin(opened.inode)
 
     @_errors
@@ -757,6 +831,10 @@ class ZcfsOperations(pyfuse3.Operations):
 
     @_errors
     async def getxattr(self, inode: int, name: bytes, ctx: Any = None) -> bytes:
+        return self.xattr(inode, name)
+
+    def xattr(self, inode: int, name: bytes) -> bytes:
+        """GETXATTR: the value of `name`. Raises OSError or FUSEError."""
         if inode == ROOT_INODE and name == STATS_XATTR and self.stats is not None:
             # Always the largest size, so the size a caller asks for first
             # still fits the value a moment later, however the counters grew.
@@ -792,6 +870,7 @@ class ZcfsOperations(pyfuse3.Operations):
             os.close(opened.fd)
         self._files.clear()
         self._dirs.clear()
+        self._listing_keepers.clear()
         self._gone.clear()
         self.inodes.close_all()
 

@@ -21,7 +21,7 @@ dict entry per inode, node id -> `lookups << 4 | file type`: about 66
 bytes per inode (tracemalloc, tests/unit/test_inodes.py), CPython's dict
 slot and the key's int; the small-int cache holds the value while the
 count is below 16 (past that, one more int of 28 bytes). The daemon's RSS
-grows about 130 bytes per inode (scripts/bench_inodes.py; was ~430). Fds, pins, engine state and
+grows about 130 bytes per inode (`zcfs bench --workloads rewalk-warm`; was ~430). Fds, pins, engine state and
 odd objects' records live in side tables sized by what is open, not by
 what is remembered. `Inode` objects are views made on demand.
 

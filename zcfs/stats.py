@@ -5,7 +5,7 @@ dict snapshot (the documented JSON shape, see README). Counters are plain
 ints touched from one thread at a time (under the native session's lock, or
 on pyfuse3's loop), cheap enough to stay always on.
 ZCFS_NO_STATS=1 in the daemon's environment turns recording off, only to
-measure what it costs (scripts/bench_stats_overhead.py).
+measure what it costs (`zcfs bench --suite stats`).
 """
 
 from __future__ import annotations

@@ -73,9 +73,9 @@ def mode_args(mode: str) -> list[str]:
 
 
 def start_mount(backing: Path, mountpoint: Path, mode: str, options: list[str] = (), log: Path | None = None,
-                extra_args: list[str] = (), stderr=None) -> Mount:
+                extra_args: list[str] = (), stderr=None, env: dict[str, str] | None = None) -> Mount:
     """Start a foreground daemon and wait until its mount is ready (`extra_args`: more zcfs options;
-    `stderr`: where the daemon's own stderr goes, default ours)."""
+    `stderr`: where the daemon's own stderr goes, default ours; `env`: added to its environment)."""
     log = log or mountpoint.parent / f"{mountpoint.name}.log"
     read_end, write_end = os.pipe()
     args = [sys.executable, "-m", "zcfs", str(backing), str(mountpoint), "-f",
@@ -83,7 +83,8 @@ def start_mount(backing: Path, mountpoint: Path, mode: str, options: list[str] =
     for opt in options:
         args += ["-o", opt]
     args += extra_args
-    process = subprocess.Popen(args, pass_fds=(write_end,), stdin=subprocess.DEVNULL, stderr=stderr)
+    process = subprocess.Popen(args, pass_fds=(write_end,), stdin=subprocess.DEVNULL, stderr=stderr,
+                               env={**os.environ, **env} if env else None)
     os.close(write_end)
     notes = []
     with os.fdopen(read_end, "rb") as status:

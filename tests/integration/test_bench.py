@@ -55,9 +55,9 @@ def test_quick_json_has_every_row_with_ratio_and_paths(tmp_path, data_dir):
     result = bench(str(data_dir), "--quick", *TINY, "--json", "--output", str(out))
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
-    workloads, configs = SUITES["default"]
+    suite = SUITES["default"]
     rows = {(r["workload"], r["configuration"]): r for r in doc["results"]}
-    assert set(rows) == {(w, c) for w in workloads for c in configs}
+    assert set(rows) == {(w, c) for w in suite.workloads for c in suite.configs}
     failed = {c["name"] for c in doc["configurations"] if c["error"]}
     assert failed <= {"native-passthrough"}, doc["configurations"]  # only a kernel without passthrough may refuse
     for (workload, config), row in rows.items():
@@ -115,6 +115,57 @@ def test_round_trip_crosses_fuse_once_per_call(tmp_path, data_dir):
     assert list(data_dir.iterdir()) == []
 
 
+def test_watch_suite_compares_the_default_with_direct_and_always(tmp_path, data_dir):
+    """Issue 20's set: every row measured (cache=always cannot show backing changes), and the warm
+    re-walk sends only what the kernel's own revalidation needs."""
+    result = bench(str(data_dir), *TINY, "--suite", "watch", "--json", "--output", str(tmp_path), "--no-chart")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    suite = SUITES["watch"]
+    rows = {(r["workload"], r["configuration"]): r for r in doc["results"]}
+    assert set(rows) == {(w, c) for w in suite.workloads for c in ["direct", "native", "native+cache=always"]}
+    for (workload, config), row in rows.items():
+        if workload.startswith("visible-") and config == "native+cache=always":
+            assert "stayed unseen" in row["error"], row
+            continue
+        assert row["error"] is None and row["value"] > 0, row
+    assert 0 < rows[("visible-p50", "native")]["value"] <= rows[("visible-p99", "native")]["value"] < 1
+    walks = SCALES["tiny"].walk_entries
+    for config in ("native", "native+cache=always"):
+        rewalk = rows[("rewalk-warm", config)]
+        assert rewalk["expectation"]["met"], rewalk
+        assert "LOOKUP" not in rewalk["requests_by_opcode"] and rewalk["requests_by_opcode"]["OPENDIR"] > 0
+        assert rewalk["inodes"] >= walks and rewalk["rss_per_inode_bytes"] is not None, rewalk
+    assert rows[("rewalk-warm", "native")]["requests_by_opcode"]["READDIRPLUS"] > 0  # watch keeps no listings
+    assert rows[("rewalk-warm", "direct")]["expectation"] is None  # nothing to count there
+    assert mounts_under(tmp_path) == []
+    assert list(data_dir.iterdir()) == []
+
+
+def test_the_folded_scripts_count_requests_and_compare_stats_off(tmp_path, data_dir):
+    """What scripts/bench_roundtrips.py, bench_write.py and bench_stats_overhead.py measured, as workloads."""
+    result = bench(str(data_dir), *TINY, "--workloads", "ls-l-cold,appends,seqwrite-16k,stat-files",
+                   "--configs", "native-off,uncached,uncached-nostats", "--versus", "uncached-nostats",
+                   "--json", "--output", str(tmp_path), "--no-chart")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["versus"] == "uncached-nostats"
+    rows = {(r["workload"], r["configuration"]): r for r in doc["results"]}
+    for row in rows.values():
+        assert row["error"] is None and row["value"] > 0 and row["versus"] > 0, row
+    assert all(rows[(w, "uncached-nostats")]["versus"] == 1.0 for w in ("appends", "stat-files"))
+    tiny = SCALES["tiny"]
+    listed = rows[("ls-l-cold", "native-off")]["requests_by_opcode"]
+    assert listed["READDIRPLUS"] > 0 and listed["OPENDIR"] == 1, listed
+    appended = rows[("appends", "native-off")]["requests_by_opcode"]
+    assert appended["WRITE"] == tiny.appends and appended.get("GETXATTR", 0) <= 1, appended  # killpriv_v2
+    assert rows[("seqwrite-16k", "native-off")]["paths"]["copy"] >= 4 * 1024 // 16  # a WRITE per write(2)
+    assert rows[("stat-files", "uncached")]["requests_by_opcode"]["LOOKUP"] >= tiny.stat_files
+    assert rows[("stat-files", "uncached-nostats")]["requests"] == 0  # ZCFS_NO_STATS: nothing recorded
+    assert mounts_under(tmp_path) == []
+    assert list(data_dir.iterdir()) == []
+
+
 @pytest.mark.skipif(shutil.which("mergerfs") is None, reason="mergerfs not installed (scripts/setup.sh installs it)")
 def test_compare_puts_mergerfs_in_the_table(tmp_path, data_dir):
     result = bench(str(data_dir), *TINY, "--workloads", "seqread-warm,cat-small", "--configs", "native",
@@ -139,6 +190,7 @@ def test_compare_puts_mergerfs_in_the_table(tmp_path, data_dir):
     (["--compare", "broken=false {backing} {mountpoint}"], 1, "broken: false exited (status 1) without mounting"),
     (["--compare", "nomount=true {backing}"], 2, "needs {backing} and {mountpoint}"),
     (["--rounds", "0"], 2, "--rounds needs at least 1"),
+    (["--versus", "native"], 2, "--versus native: not among the configurations measured"),
 ])
 def test_bad_input_gets_one_line(tmp_path, data_dir, args, status, message):
     result = bench(str(data_dir), *TINY, "--output", str(tmp_path), *args)

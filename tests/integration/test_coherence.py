@@ -201,3 +201,87 @@ def test_async_direct_write_leaves_no_stale_pages(mode, mount_factory):
     assert (mount.backing / "f").read_bytes() == new * size + old * size
     os.utime(mount.backing / "f", ns=(seen.st_atime_ns, seen.st_mtime_ns))
     assert (mount.path / "f").read_bytes() == new * size + old * size, "stale pages after the direct write"
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_SYS_GETDENTS64 = 217  # x86_64
+
+
+def _getdents(fd: int) -> list[str]:
+    """One getdents64(2) on `fd` into a 1 KiB buffer: the names it returns, "." and ".."
+    left out (one READDIR's worth of at most a page when the kernel asks the daemon,
+    which sizes it by the caller's buffer; none at the end)."""
+    buf = ctypes.create_string_buffer(1024)
+    size = _libc.syscall(_SYS_GETDENTS64, fd, buf, len(buf))
+    if size < 0:
+        raise OSError(ctypes.get_errno(), "getdents64")
+    names, at = [], 0
+    while at < size:
+        reclen, = struct.unpack_from("<H", buf, at + 16)  # linux_dirent64: ino, off, reclen, type, name
+        names.append(buf.raw[at + 19:at + reclen].split(b"\0", 1)[0].decode())
+        at += reclen
+    return [name for name in names if name not in (".", "..")]
+
+
+def _listing(path: Path) -> list[str]:
+    """The names in a directory in the order listed, read by _getdents from a fresh open."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        names = []
+        while more := _getdents(fd):
+            names += more
+        return names
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("policy", ["watch", "always"])
+def test_kept_listing_never_goes_on_from_an_older_listing(mode, policy, mount_factory):
+    """A name created and one removed through the mount show so in every later listing,
+    though an open that started listing before the change goes on listing afterwards.
+
+    The kernel keeps a listing (FOPEN_CACHE_DIR) stamped with the directory's
+    version when a read at offset 0 starts filling it, and appends what any
+    open with that flag reads next at its end. The older open, reading on
+    from the daemon's snapshot taken before the change, appended it to the
+    listing a newer open had restarted after the change (its stamp current):
+    the new name was missing from every later listing (fs.keeps_listing).
+    """
+    if not mode.startswith("native"):
+        pytest.skip("listings are kept by the native engine only")
+    mount = mount_factory(mode, options=[f"cache={policy}"])
+    names = {f"name-{i:03d}" for i in range(100)}
+    candidates = {f"new-{i:02d}" for i in range(20)}
+    # The daemon lists in an order of its own, the same in every directory:
+    # learn it, to change only names the older open has yet to reach, so
+    # that the newer open's first read ends where the older open's did.
+    (mount.path / "order").mkdir()
+    for name in names | candidates:
+        (mount.path / "order" / name).touch()
+    order = _listing(mount.path / "order")
+    listed = mount.path / "listed"
+    listed.mkdir()
+    for name in names:
+        (listed / name).touch()
+    older = os.open(listed, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        seen = _getdents(older)  # the daemon's snapshot for `older` is taken
+        assert 0 < len(seen) < len(names)
+        assert sorted(_listing(listed)) == sorted(names)  # the kept listing completes
+        later = order[order.index(seen[-1]) + 1:]
+        created = next(name for name in later if name in candidates)
+        removed = next(name for name in later if name in names)
+        (listed / created).touch()
+        (listed / removed).unlink()
+        names = names - {removed} | {created}
+        newer = os.open(listed, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            assert _getdents(newer) == seen  # restarts the kept listing
+        finally:
+            os.close(newer)
+        while _getdents(older):  # goes on from its snapshot
+            pass
+        assert sorted(_listing(listed)) == sorted(names)
+    finally:
+        os.close(older)
+    assert sorted(_listing(listed)) == sorted(names)

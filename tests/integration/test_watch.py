@@ -179,6 +179,45 @@ def test_own_changes_send_no_invalidations(mode, mount_factory):
     assert watched.keys() == unwatched.keys()
 
 
+def _op_counts(mount) -> dict[str, int]:
+    """Requests so far by opcode, but GETXATTR (reading the stats asks for them)."""
+    return {name: op["count"] for name, op in mount.stats()["ops"].items() if name != "GETXATTR"}
+
+
+def test_warm_reread_asks_open_and_release_only(mode, mount_factory, tmp_path):
+    """Reading an unchanged file again (open, read, close) asks the daemon for OPEN and
+    RELEASE only: no READ (kept or passed through), no LOOKUP, and no FLUSH, not even
+    the first close's (read-only handles skip it: FOPEN_NOFLUSH). A writable handle's
+    close still flushes, so close() can report a deferred write error."""
+    if not mode.startswith("native"):
+        pytest.skip("pyfuse3 cannot ask for FOPEN_NOFLUSH")
+    backing = tmp_path / "backing"
+    backing.mkdir()
+    data = os.urandom(10_000)
+    (backing / "f").write_bytes(data)
+    mount = mount_factory(mode, backing=backing)
+
+    def read() -> bytes:
+        fd = os.open(mount.path / "f", os.O_RDONLY)
+        try:
+            return os.read(fd, 2 * len(data))  # no fstat: that asks for the atime a read moved
+        finally:
+            os.close(fd)
+
+    assert read() == data
+    assert wait_until(lambda: _op_counts(mount).get("RELEASE") == 1)  # RELEASE is sent in the background
+    for released in range(2, 5):
+        before = _op_counts(mount)
+        assert read() == data
+        assert wait_until(lambda: _op_counts(mount).get("RELEASE") == released)
+        after = _op_counts(mount)
+        assert {op: n - before.get(op, 0) for op, n in after.items() if n != before.get(op, 0)} == \
+            {"OPEN": 1, "RELEASE": 1}
+    assert "FLUSH" not in _op_counts(mount)
+    os.close(os.open(mount.path / "f", os.O_WRONLY))
+    assert _op_counts(mount).get("FLUSH") == 1
+
+
 def test_event_storm_leaves_nothing_stale(mount_factory, tmp_path):
     """10,000 removals in the backing dir at once: the mount catches up, and the daemon's
     memory stays bounded (a batch past watch.MAX_PENDING turns into one broad invalidation:
@@ -194,7 +233,7 @@ def test_event_storm_leaves_nothing_stale(mount_factory, tmp_path):
         os.stat(mount.path / "d" / name)
     for name in names:  # each one an entry and a delete notification
         os.unlink(backing / "d" / name)
-    # Listings are read afresh, names and attributes only once their notification came.
+    # Listings, names and attributes change once their notification came.
     assert wait_until(lambda: os.listdir(mount.path / "d") == [], DEADLINE)
     assert wait_until(lambda: not any(os.path.exists(mount.path / "d" / name) for name in names[::97]),
                       DEADLINE)

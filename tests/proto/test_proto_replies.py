@@ -120,6 +120,17 @@ def test_attr_out():
     assert struct.unpack_from(ATTR_FMT, body, 16) == ST_ATTR
 
 
+def test_ino_replaces_st_ino_and_nothing_else():
+    """The native engine packs an os.stat_result as it is, showing another inode number."""
+    shown = SimpleNamespace(**{**vars(ST), "st_ino": 5})
+    assert pack_attr_out(U, 1.0, ST, ino=5) == pack_attr_out(U, 1.0, shown)
+    assert pack_entry_out(U, 9, 3, 1.5, 0.25, ST, ino=5) == pack_entry_out(U, 9, 3, 1.5, 0.25, shown)
+    _, _, body = split(pack_attr_out(U, 1.0, ST, ino=5))
+    assert struct.unpack_from(ATTR_FMT, body, 16) == (5, *ST_ATTR[1:])
+    st = os.stat(__file__)
+    assert pack_attr_out(U, 1.0, st, ino=st.st_ino) == pack_attr_out(U, 1.0, st)
+
+
 def test_open_out():
     _, _, body = split(pack_open_out(U, 5, abi.FOPEN_PASSTHROUGH, backing_id=3))
     assert struct.unpack("<QIi", body) == (5, abi.FOPEN_PASSTHROUGH, 3)

@@ -262,3 +262,38 @@ def test_random_bytes_only_raise_protocol_error(buf):
 def test_random_bodies_only_raise_protocol_error(op, body, extlen, setxattr_ext):
     # Framing right, contents random: exercises every body parser.
     _survives(msg(op, body, extlen=extlen), setxattr_ext=setxattr_ext)
+
+
+
+# The fast parsers (the common shapes, no extensions) against the table-driven one.
+from zcfs.proto.requests import _FAST, _Malformed, _parse_body  # noqa: E402
+
+
+def _general(op, body):
+    """What the table-driven parser makes of `body` (_Malformed if it refuses it)."""
+    try:
+        return _parse_body(memoryview(body), OPCODES[op])
+    except _Malformed:
+        return _Malformed
+
+
+def _variants(body):
+    """`body` and the ways a kernel (or an attacker) could get it wrong."""
+    return [body, body[:-1], body + b"\0", body + b"x", body[:-1] + b"\0\0", b"\0" + body, b""]
+
+
+@pytest.mark.parametrize("op, body, expected", cases(lambda op, body: op in _FAST))
+def test_fast_parsers_agree_with_the_table(op, body, expected):
+    """They accept what the table accepts, to the same body, and leave the rest to it."""
+    for variant in _variants(body):
+        fast, general = _FAST[op](memoryview(variant)), _general(op, variant)
+        if fast is None:
+            assert general is _Malformed, variant
+        else:
+            assert fast == general and type(fast) is type(general), variant
+    assert _FAST[op](memoryview(body)) == expected
+
+
+def test_fast_parsers_cover_the_hot_opcodes():
+    assert {O.LOOKUP, O.GETATTR, O.OPEN, O.RELEASE, O.FLUSH, O.GETXATTR, O.FORGET, O.ACCESS,
+            O.UNLINK, O.MKDIR, O.CREATE, O.READ, O.STATFS} <= set(_FAST)

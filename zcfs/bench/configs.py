@@ -35,13 +35,14 @@ class Configuration:
     kind: str                 # "direct", "zcfs" or "compare"
     mode: str = ""            # zcfs: a mode string for start_mount, "ENGINE[-TIER][+OPTION...]"
     command: str = ""         # compare: the command, with {backing} and {mountpoint}
+    env: tuple[tuple[str, str], ...] = ()  # zcfs: added to the daemon's environment
 
 
 DIRECT = Configuration("direct", "direct")
 
 
-def zcfs(name: str, mode: str) -> Configuration:
-    return Configuration(name, "zcfs", mode=mode)
+def zcfs(name: str, mode: str, env: dict[str, str] | None = None) -> Configuration:
+    return Configuration(name, "zcfs", mode=mode, env=tuple((env or {}).items()))
 
 
 def parse_compare(spec: str) -> Configuration:
@@ -129,7 +130,7 @@ def open_target(config: Configuration, backing: Path, mountpoint: Path, log: Pat
 def _mount_zcfs(config: Configuration, backing: Path, mountpoint: Path, log: Path) -> Target:
     try:
         with open(log, "ab") as errors:  # what the daemon says before its logging starts (a refused option)
-            mount = start_mount(backing, mountpoint, config.mode, log=log, stderr=errors)
+            mount = start_mount(backing, mountpoint, config.mode, log=log, stderr=errors, env=dict(config.env))
     except RuntimeError:
         raise MountFailed(f"zcfs did not mount: {_last_line(log)}") from None
     if "-passthrough" in config.mode and mount.notes:  # the daemon fell back: this tier is not here

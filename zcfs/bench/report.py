@@ -68,6 +68,22 @@ def _rounds_text(row: dict) -> str:
     return ", ".join(shown) + ("" if unit == "s" else f" {unit}") + (" (vs direct)" if ratios else "")
 
 
+def _request_lines(row: dict, shown_by_opcode: set[str]) -> list[str]:
+    """zcfs rows of the workloads that count requests: the run's requests by opcode, the inodes held and
+    their memory (fresh mounts), the expectation's verdict."""
+    if row["workload"] not in shown_by_opcode or row.get("requests_by_opcode") is None:
+        return []
+    ops = row["requests_by_opcode"]
+    lines = ["requests: " + (", ".join(f"{op} {n:,.0f}" for op, n in ops.items()) or "none")]
+    if row.get("rss_per_inode_bytes") is not None:
+        lines.append(f"inodes held {row['inodes']:,.0f}, daemon RSS grew {row['rss_per_inode_bytes']:,.0f} "
+                     f"bytes per inode since mounting")
+    if row.get("expectation"):
+        verdict = row["expectation"]
+        lines.append("expectation met" if verdict["met"] else f"EXPECTATION NOT MET: {verdict['unmet']}")
+    return lines
+
+
 def table(doc: dict) -> str:
     """The results as a text table, one block of rows per workload."""
     lines = [describe(doc)]
@@ -81,10 +97,15 @@ def table(doc: dict) -> str:
         lines.append(f"between rounds: {doc['between_rounds']}")
     if any(row.get("unsteady") for row in doc["results"]):
         lines.append(f"! marks a configuration whose rounds spread more than {UNSTEADY:g}x (every round shown)")
+    versus = doc.get("versus")
+    if versus:
+        lines.append(f"vs {versus}: the speed relative to {versus} in the same round")
+    versus_width = len(f"vs {versus}") + 2 if versus else 0
     header = f"{'workload':<20}{'configuration':<26}{'median':>16}{'spread':>8}{'vs direct':>15}" \
-             f"{'daemon CPU':>15}{'RSS':>9}  paths"
+             f"{f'vs {versus}' if versus else '':>{versus_width}}{'daemon CPU':>15}{'RSS':>9}  paths"
     lines += ["", header, "-" * len(header)]
     previous = None
+    shown_by_opcode = {w["name"] for w in doc["workloads"] if w.get("by_opcode")}
     for row in doc["results"]:
         if row["error"] and any(c["name"] == row["configuration"] and c["error"] for c in doc["configurations"]):
             continue  # said once above
@@ -93,11 +114,16 @@ def table(doc: dict) -> str:
         if row["value"] is None:
             lines.append(f"{name:<20}{row['configuration']:<26}  failed: {row['error']}")
             continue
+        versus_text = f"{ratio_text(row.get('versus')):>{versus_width}}" if versus else ""
         lines.append(f"{name:<20}{row['configuration']:<26}{_value_text(row):>16}{_spread_text(row):>8}"
-                     f"{ratio_text(row['ratio']):>15}{_cpu_text(row):>15}{_rss_text(row):>9}"
+                     f"{ratio_text(row['ratio']):>15}{versus_text}{_cpu_text(row):>15}{_rss_text(row):>9}"
                      f"  {_paths_text(row)}".rstrip())
         if row.get("values") and len(row["values"]) > 1:
             lines.append(f"{'':<20}{'':<26}  {'!' if row.get('unsteady') else ' '} rounds: {_rounds_text(row)}")
+        lines += [f"{'':<20}{'':<26}  {text}" for text in _request_lines(row, shown_by_opcode)]
+    for workload in doc["workloads"]:
+        if workload.get("expect"):
+            lines.append(f"\n{workload['name']}: expected {workload['expect']}")
     return "\n".join(lines)
 
 

@@ -32,7 +32,9 @@ class Cell:
     """Everything measured for one workload on one configuration."""
 
     runs: dict[int, Measure] = dataclasses.field(default_factory=dict)  # by round
-    requests: list[int] = dataclasses.field(default_factory=list)      # FUSE requests per run (zcfs)
+    requests: list[dict[str, int]] = dataclasses.field(default_factory=list)  # zcfs: per run, by opcode
+    inodes: list[int] = dataclasses.field(default_factory=list)         # zcfs: inodes held after each run
+    grown_mib: list[float] = dataclasses.field(default_factory=list)    # fresh mounts: RSS growth in the run
     paths: dict[str, int] | None = None                                 # zcfs: what served READ/WRITE
     error: str | None = None
 
@@ -66,13 +68,14 @@ class Progress:
 
 
 def run_bench(configs: list[Configuration], workloads: list[Workload], scale: Scale, rounds: int,
-              parent: Path | None, suite: str, scale_name: str, progress: Progress | None = None) -> dict:
+              parent: Path | None, suite: str, scale_name: str, versus: str | None = None,
+              progress: Progress | None = None) -> dict:
     """Measure; return the results document (see the README for its schema)."""
     progress = progress or Progress(rounds * len(workloads) * len(configs))
     previous = signal.signal(signal.SIGTERM, _interrupt)
     work = Path(tempfile.mkdtemp(prefix="zcfs-bench.", dir=parent))
     try:
-        return _Bench(configs, workloads, scale, rounds, work, progress).run(suite, scale_name)
+        return _Bench(configs, workloads, scale, rounds, work, progress, versus).run(suite, scale_name)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
         try:
@@ -88,8 +91,10 @@ def _interrupt(signum, frame) -> None:
 
 
 class _Bench:
-    def __init__(self, configs, workloads, scale, rounds, work: Path, progress: Progress) -> None:
+    def __init__(self, configs, workloads, scale, rounds, work: Path, progress: Progress,
+                 versus: str | None) -> None:
         self.configs, self.workloads, self.scale, self.rounds = configs, workloads, scale, rounds
+        self.versus = versus  # a second base for ratios: a configuration's name
         self.work, self.progress = work, progress
         self.backing = work / "backing"
         self.backing.mkdir()
@@ -150,15 +155,20 @@ class _Bench:
         try:
             ctx = Context(target.root, self.backing, self.work, self.scale, f"{index}-{round_no}",
                           direct=config.kind == "direct", daemon_cpu=target.daemon_cpu)
+            rss_at_mount = target.daemon_rss_mib() if fresh else None
             if workload.warmup:
                 workload.run(dataclasses.replace(ctx, tag=ctx.tag + "-warmup"))
+            reading = _requests_of_reading(target)
             before = target.stats()
             measure = workload.run(ctx)
             measure.rss_mib = target.daemon_rss_mib()
             after = target.stats()
             cell.runs[round_no] = measure
             if before is not None and after is not None:
-                _count_paths(cell, before, after)
+                _count_requests(cell, before, after, reading)
+                cell.inodes.append(after["gauges"]["inodes"])
+            if rss_at_mount is not None and measure.rss_mib is not None:
+                cell.grown_mib.append(measure.rss_mib - rss_at_mount)
         except WorkloadError as exc:
             cell.error = str(exc)
         except OSError as exc:  # a syscall of the workload itself (a peer that died: ENOTCONN)
@@ -174,7 +184,8 @@ class _Bench:
             for config in self.configs:
                 cell = self.cells[(workload.name, config.name)]
                 base = self.cells[(workload.name, direct)].runs if direct else {}
-                results.append(_summarize(workload, config, cell, base, self.failed.get(config.name)))
+                versus = self.cells[(workload.name, self.versus)].runs if self.versus else None
+                results.append(_summarize(workload, config, cell, base, self.failed.get(config.name), versus))
         return {
             "schema": "zcfs-bench/1",
             "suite": suite,
@@ -186,8 +197,10 @@ class _Bench:
                  "error": self.failed.get(c.name)}
                 for c in self.configs],
             "read_ahead_note": _read_ahead_note(self.configs, self.targets),
+            "versus": self.versus,
             "between_rounds": BETWEEN_ROUNDS,
-            "workloads": [{"name": w.name, "group": w.group, "description": w.description, "unit": w.unit}
+            "workloads": [{"name": w.name, "group": w.group, "description": w.description, "unit": w.unit,
+                           "by_opcode": w.by_opcode, "expect": w.expect.text if w.expect else None}
                           for w in self.workloads],
             "results": results,
         }
@@ -206,27 +219,48 @@ BETWEEN_ROUNDS = (
     "mount anew")
 
 
-def _count_paths(cell: Cell, before: dict, after: dict) -> None:
-    """Add what served the run's READs and WRITEs (passthrough: opens; splice, copy: requests)."""
+def _requests(snap: dict) -> dict[str, int]:
+    return {op: counters["count"] for op, counters in snap["ops"].items()}
+
+
+def _requests_of_reading(target: Target) -> dict[str, int]:
+    """The requests that reading the stats itself sends (two reads back to back), to subtract."""
+    first, second = target.stats(), target.stats()
+    if first is None or second is None:
+        return {}
+    now, then = _requests(second), _requests(first)
+    return {op: n - then.get(op, 0) for op, n in now.items()}
+
+
+def _count_requests(cell: Cell, before: dict, after: dict, reading: dict[str, int]) -> None:
+    """Add the run's requests by opcode, and what served its READs and WRITEs
+    (passthrough: opens; splice, copy: requests)."""
     def served(snap: dict) -> dict[str, int]:
         return {"passthrough": snap["read"]["passthrough"]["opens"],
                 **{tier: snap["read"][tier]["requests"] + snap["write"][tier]["requests"]
                    for tier in ("splice", "copy")}}
     delta = {tier: served(after)[tier] - served(before)[tier] for tier in ("passthrough", "splice", "copy")}
     cell.paths = {tier: (cell.paths or {}).get(tier, 0) + n for tier, n in delta.items()}
-    cell.requests.append(sum(op["count"] for op in after["ops"].values())
-                         - sum(op["count"] for op in before["ops"].values()))
+    now, then = _requests(after), _requests(before)
+    sent = {op: n - then.get(op, 0) - reading.get(op, 0) for op, n in now.items()}
+    cell.requests.append({op: n for op, n in sorted(sent.items()) if n > 0})
+
+
+def _ratios(runs: dict[int, Measure], base: dict[int, Measure]) -> list[float]:
+    """Each round's time of `base` divided by this configuration's in the same round."""
+    return [base[r].seconds / m.seconds for r, m in sorted(runs.items()) if r in base]
 
 
 def _summarize(workload: Workload, config: Configuration, cell: Cell, base: dict[int, Measure],
-               config_error: str | None) -> dict:
+               config_error: str | None, versus: dict[int, Measure] | None = None) -> dict:
     row = {"workload": workload.name, "group": workload.group, "configuration": config.name,
            "kind": config.kind, "unit": workload.unit, "rounds": len(cell.runs),
            "seconds": [round(m.seconds, 6) for _, m in sorted(cell.runs.items())],
            "value": None, "spread": None, "ratio": None, "ratio_spread": None,
            "daemon_cpu_s": None, "cpu_s_per_gib": None, "daemon_rss_mib": None, "requests": None,
            "paths": None, "path_shares": None, "error": config_error or cell.error,
-           "values": None, "ratios": None, "unsteady": False}
+           "values": None, "ratios": None, "unsteady": False, "versus": None, "versus_ratios": None,
+           "requests_by_opcode": None, "inodes": None, "rss_per_inode_bytes": None, "expectation": None}
     runs = list(cell.runs.values())
     if not runs:
         row["error"] = row["error"] or "no run completed"
@@ -235,11 +269,14 @@ def _summarize(workload: Workload, config: Configuration, cell: Cell, base: dict
     row["value"] = statistics.median(values)
     row["spread"] = [min(values), max(values)]
     row["unsteady"] = min(values) > 0 and max(values) / min(values) > UNSTEADY
-    ratios = [base[r].seconds / m.seconds for r, m in sorted(cell.runs.items()) if r in base]
+    ratios = _ratios(cell.runs, base)
     if ratios:
         row["ratio"] = statistics.median(ratios)
         row["ratio_spread"] = [min(ratios), max(ratios)]
         row["ratios"] = ratios
+    if versus is not None and (versus_ratios := _ratios(cell.runs, versus)):
+        row["versus"] = statistics.median(versus_ratios)
+        row["versus_ratios"] = versus_ratios
     cpus = [m.cpu_seconds for m in runs if m.cpu_seconds is not None]
     if cpus and config.kind != "direct":
         row["daemon_cpu_s"] = statistics.median(cpus)
@@ -250,7 +287,17 @@ def _summarize(workload: Workload, config: Configuration, cell: Cell, base: dict
     if rss and config.kind != "direct":
         row["daemon_rss_mib"] = max(rss)
     if cell.requests:
-        row["requests"] = statistics.median(cell.requests)
+        row["requests"] = statistics.median(sum(run.values()) for run in cell.requests)
+        opcodes = sorted({op for run in cell.requests for op in run})
+        medians = {op: statistics.median(run.get(op, 0) for run in cell.requests) for op in opcodes}
+        row["requests_by_opcode"] = {op: n for op, n in medians.items() if n}
+        if workload.expect is not None:
+            unmet = workload.expect.unmet(row["requests_by_opcode"])
+            row["expectation"] = {"text": workload.expect.text, "met": unmet is None, "unmet": unmet}
+    if cell.inodes:
+        row["inodes"] = statistics.median(cell.inodes)
+        if cell.grown_mib and row["inodes"]:
+            row["rss_per_inode_bytes"] = statistics.median(cell.grown_mib) * (1 << 20) / row["inodes"]
     if cell.paths is not None:
         row["paths"] = cell.paths
         total = sum(cell.paths.values())

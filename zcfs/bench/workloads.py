@@ -42,12 +42,19 @@ class Scale:
     sqlite_inserts: int  # per process
     million: tuple[int, int]  # directories × files, for --million
     roundtrips: int = 20_000  # getxattr calls, one FUSE request each
+    changes: int = 1_000      # backing-dir changes timed until visible (visible-p50, -p99)
+    project_modules: int = 2_000  # modules of the generated Python project (tests: a fifth of that)
+    listed_files: int = 5_000     # files in the directory `ls -l` lists
+    appends: int = 10_000         # 10-byte appends to one file
+    stat_files: int = 20_000      # stat() calls of stat-files (walk tree entries)
 
 
 SCALES = {
     "full": Scale(1024, 256, 1000, 10_000, 5_000, 20_000, 4_800, 50_000, 1_500, (1_000, 1_000)),
-    "quick": Scale(64, 8, 50, 300, 300, 600, 300, 2_000, 50, (100, 100), roundtrips=2_000),
-    "tiny": Scale(4, 1, 10, 50, 20, 50, 20, 100, 5, (10, 10), roundtrips=50),  # for the test suite
+    "quick": Scale(64, 8, 50, 300, 300, 600, 300, 2_000, 50, (100, 100), roundtrips=2_000, changes=200,
+                   project_modules=200, listed_files=500, appends=1_000, stat_files=2_000),
+    "tiny": Scale(4, 1, 10, 50, 20, 50, 20, 100, 5, (10, 10), roundtrips=50, changes=20,  # for the test suite
+                  project_modules=20, listed_files=20, appends=50, stat_files=100),
 }
 
 
@@ -153,9 +160,62 @@ def build_million(backing: Path, work: Path, scale: Scale) -> None:
     _small_tree(backing / "million", dirs * per_dir, lambda i: 0, per_dir=per_dir)
 
 
+def build_listing(backing: Path, work: Path, scale: Scale) -> None:
+    _small_tree(backing / "listing", scale.listed_files, lambda i: 1, per_dir=scale.listed_files)
+
+
+# The generated Python project: modules in subpackages of `pkg`, and a test
+# file per five modules that imports five of them and reads its own data file.
+_MODULE = '"""Module {i}."""\nimport os\n\n' + "".join(
+    f"\ndef f{k}(x):\n    return x * {k} + len(os.sep) - 1\n\n" for k in range(20))
+_TEST = """import json
+import os
+{imports}
+
+DATA = os.path.join(os.path.dirname(__file__), "data", "case{t:05d}.json")
+
+
+def test_it():
+    with open(DATA) as f:
+        assert json.load(f)["n"] == {t}
+    assert {first}.f1(1) == 1
+"""
+
+
+def _module(i: int) -> tuple[str, str]:
+    """The subpackage and module name of module i."""
+    return f"sub{i // 50:03d}", f"mod{i:05d}"
+
+
+def build_project(backing: Path, work: Path, scale: Scale) -> None:
+    root = backing / "project"
+    modules = scale.project_modules
+    (root / "src" / "pkg").mkdir(parents=True)
+    (root / "src" / "pkg" / "__init__.py").write_text('"""The generated package."""\n')
+    for i in range(modules):
+        sub, name = _module(i)
+        directory = root / "src" / "pkg" / sub
+        if not directory.exists():
+            directory.mkdir()
+            (directory / "__init__.py").write_text("")
+        (directory / f"{name}.py").write_text(_MODULE.format(i=i))
+    (root / "tests" / "data").mkdir(parents=True)
+    (root / "tests" / "conftest.py").write_text("import pkg  # noqa: F401\n")
+    (root / "pyproject.toml").write_text('[project]\nname = "generated"\n')
+    for t in range(_tests(scale)):
+        picked = [_module((t * 5 + k) % modules) for k in range(5)]
+        imports = "\n".join(f"from pkg.{sub} import {name}" for sub, name in picked)
+        (root / "tests" / f"test_{t:05d}.py").write_text(_TEST.format(imports=imports, t=t, first=picked[0][1]))
+        (root / "tests" / "data" / f"case{t:05d}.json").write_text(json.dumps({"n": t}))
+
+
+def _tests(scale: Scale) -> int:
+    return max(scale.project_modules // 5, 1)
+
+
 DATASETS: dict[str, Callable[[Path, Path, Scale], None]] = {
     "large": build_large, "cat": build_cat, "tree": build_tree, "repo": build_repo,
-    "walk": build_walk, "million": build_million,
+    "walk": build_walk, "million": build_million, "listing": build_listing, "project": build_project,
 }
 
 
@@ -222,14 +282,29 @@ def random_read_parallel(ctx: Context) -> Measure:
                io_size=ctx.scale.random_mib * MiB // 4, numjobs=4)
 
 
-def seq_write(ctx: Context) -> Measure:
+def _seq_write(ctx: Context, block_kib: int) -> Measure:
+    """dd of file_mib MiB (at most 256 MiB below 1 MiB blocks: each write(2) is one WRITE) with fsync."""
     name = f"write-{ctx.tag}.bin"
+    mib = ctx.scale.file_mib if block_kib >= 1024 else min(ctx.scale.file_mib, 256)
+    args = (f"bs={block_kib}K", f"count={mib * 1024 // block_kib}", "conv=fsync")
     try:
-        return ctx.measure(lambda: dd("/dev/zero", str(ctx.root / name),
-                                      (f"count={ctx.scale.file_mib}", "conv=fsync")),
-                           nbytes=ctx.scale.file_mib * MiB)
+        return ctx.measure(lambda: run(["dd", "if=/dev/zero", f"of={ctx.root / name}", *args]), nbytes=mib * MiB)
     finally:
-        (ctx.backing / name).unlink(missing_ok=True)
+        # Through the mount first: a peer that caches names must not keep a removed one.
+        for where in (ctx.root, ctx.backing):
+            (where / name).unlink(missing_ok=True)
+
+
+def seq_write(ctx: Context) -> Measure:
+    return _seq_write(ctx, 1024)
+
+
+def seq_write_128k(ctx: Context) -> Measure:
+    return _seq_write(ctx, 128)
+
+
+def seq_write_16k(ctx: Context) -> Measure:
+    return _seq_write(ctx, 16)
 
 
 def sync_writes(ctx: Context) -> Measure:
@@ -312,19 +387,16 @@ def git_grep(ctx: Context) -> Measure:
                        ops=ctx.scale.git_files)
 
 
-_CHANGES = 1000
-
-
 def _visibility_latencies(ctx: Context) -> list[float]:
     """Seconds from a change made directly in the backing dir until a stat through
-    `ctx.root` shows it, for _CHANGES changes (a size that grows by one each time)."""
+    `ctx.root` shows it, for scale.changes changes (a size that grows by one each time)."""
     name = f"visible-{ctx.tag}"
     target, seen = ctx.backing / name, ctx.root / name
     target.write_bytes(b"")
     os.stat(seen)  # cached from here on (cache=watch, cache=always)
     latencies = []
     try:
-        for size in range(1, _CHANGES + 1):
+        for size in range(1, ctx.scale.changes + 1):
             start = time.perf_counter()
             os.truncate(target, size)
             deadline = start + 1.0
@@ -339,12 +411,12 @@ def _visibility_latencies(ctx: Context) -> list[float]:
 
 def visibility_p50(ctx: Context) -> Measure:
     latencies = _visibility_latencies(ctx)
-    return Measure(latencies[len(latencies) // 2], ops=_CHANGES)
+    return Measure(latencies[len(latencies) // 2], ops=len(latencies))
 
 
 def visibility_p99(ctx: Context) -> Measure:
     latencies = _visibility_latencies(ctx)
-    return Measure(latencies[len(latencies) * 99 // 100], ops=_CHANGES)
+    return Measure(latencies[len(latencies) * 99 // 100], ops=len(latencies))
 
 
 def find_walk(ctx: Context) -> Measure:
@@ -357,6 +429,76 @@ def ls_walk(ctx: Context) -> Measure:
 
 def du_walk(ctx: Context) -> Measure:
     return ctx.measure(lambda: run(["du", "-s", "walk"], cwd=ctx.root), ops=ctx.scale.walk_entries)
+
+
+def find_stat_walk(ctx: Context) -> Measure:
+    """find that stats every entry (-size): one LOOKUP each when cold, so the kernel remembers them all."""
+    return ctx.measure(lambda: run(["find", "walk", "-size", "+1G"], cwd=ctx.root), ops=ctx.scale.walk_entries)
+
+
+def stat_files(ctx: Context) -> Measure:
+    """stat() of the walk tree's first stat_files entries: with entry and attribute timeouts of 0, a LOOKUP each."""
+    paths = [ctx.root / "walk" / f"d{i // 100:05d}" / f"f{i:07d}" for i in range(ctx.scale.stat_files)]
+
+    def action() -> None:
+        for path in paths:
+            os.stat(path)
+    return ctx.measure(action, ops=len(paths))
+
+
+def list_long(ctx: Context) -> Measure:
+    return ctx.measure(lambda: run(["ls", "-l", "listing/d00000"], cwd=ctx.root), ops=ctx.scale.listed_files)
+
+
+def appends(ctx: Context) -> Measure:
+    """10-byte appends to one file (write(2) used to ask for security.capability before each)."""
+    name = f"appends-{ctx.tag}.log"
+    count = ctx.scale.appends
+
+    def action() -> None:
+        fd = os.open(ctx.root / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            for _ in range(count):
+                os.write(fd, b"0123456789")
+        finally:
+            os.close(fd)
+    try:
+        return ctx.measure(action, ops=count)
+    finally:
+        for where in (ctx.root, ctx.backing):
+            (where / name).unlink(missing_ok=True)
+
+
+# The file accesses of a test run: a runner's probes for its configuration
+# files, a walk of the tests directory, and each test module imported (its
+# imports with it) and run, which reads its data file. The first run writes
+# the .pyc files (__pycache__) that later runs check against their sources and read.
+_TEST_RUN = """
+import importlib, os, sys
+root = sys.argv[1]
+sys.path[:0] = [os.path.join(root, "src"), os.path.join(root, "tests")]
+for name in ("pyproject.toml", "setup.cfg", "tox.ini", "pytest.ini", "tests/__init__.py"):
+    os.path.exists(os.path.join(root, name))
+import conftest
+ran = 0
+for directory, subdirectories, names in os.walk(os.path.join(root, "tests")):
+    for name in sorted(names):
+        if name.startswith("test_") and name.endswith(".py"):
+            os.stat(os.path.join(directory, name))
+            importlib.import_module(name[:-3]).test_it()
+            ran += 1
+print(ran)
+"""
+
+
+def rerun_tests(ctx: Context) -> Measure:
+    tests = _tests(ctx.scale)
+
+    def action() -> None:
+        ran = run([sys.executable, "-I", "-c", _TEST_RUN, str(ctx.root / "project")])
+        if int(ran) != tests:
+            raise WorkloadError(f"the test run ran {int(ran)} tests, not {tests}")
+    return ctx.measure(action, ops=tests)
 
 
 def find_million(ctx: Context) -> Measure:
@@ -459,6 +601,37 @@ class Workload:
     unit: str = "s"            # what the table shows: "MB/s", "IOPS" or "s" (seconds per run)
     fresh_mount: bool = False  # cold: the kernel's caches of the mount start empty
     warmup: bool = False       # run once untimed first, so the timed run is warm
+    by_opcode: bool = False    # the table shows the run's FUSE requests by opcode (zcfs)
+    expect: Expectation | None = None  # what the run's requests must be, checked and shown (zcfs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Expectation:
+    """A statement about a run's FUSE requests (by opcode, from the stats layer), and its check."""
+
+    text: str
+    allowed: frozenset[str]               # opcodes the run may send, any number of times
+    bounded: tuple[str, str] | None = None  # (A, B): A may be sent, at most as often as B
+
+    def unmet(self, requests: dict[str, float]) -> str | None:
+        """None when met; else what broke it."""
+        extra = {op: n for op, n in requests.items() if n and op not in self.allowed}
+        if self.bounded:
+            op, per = self.bounded
+            if extra.get(op, 0) <= requests.get(per, 0):
+                extra.pop(op, None)
+        return ", ".join(f"{op} {n:g}" for op, n in sorted(extra.items())) or None
+
+
+# A warm re-walk under a day's timeouts: every name and attribute is the kernel's
+# to answer. What still reaches the daemon is what the kernel never caches:
+# listings (cache=watch keeps none, fs.py), statfs (fts asks it of each
+# directory), and a directory's attributes after it was listed (a listing
+# marks its atime stale: fuse_invalidate_atime).
+REVALIDATION_ONLY = Expectation(
+    "no requests beyond the kernel's own revalidation: listings (OPENDIR, READDIR[PLUS], RELEASEDIR), "
+    "STATFS, and at most one GETATTR per directory opened (its atime); no LOOKUP, no GETATTR of a file",
+    frozenset({"OPENDIR", "READDIR", "READDIRPLUS", "RELEASEDIR", "STATFS"}), bounded=("GETATTR", "OPENDIR"))
 
 
 WORKLOADS = {w.name: w for w in [
@@ -474,6 +647,10 @@ WORKLOADS = {w.name: w for w in [
     Workload("randread-4k-4jobs", "read", "random read, fio bs=4k, 4 parallel jobs", "large",
              random_read_parallel, unit="IOPS"),
     Workload("seqwrite", "write", "sequential write, dd bs=1M conv=fsync", None, seq_write, unit="MB/s"),
+    Workload("seqwrite-128k", "write", "sequential write, dd bs=128K conv=fsync (256 MiB at most)", None,
+             seq_write_128k, unit="MB/s"),
+    Workload("seqwrite-16k", "write", "sequential write, dd bs=16K conv=fsync (256 MiB at most)", None,
+             seq_write_16k, unit="MB/s"),
     Workload("syncwrite-4k", "write", "4 KiB writes, fio fsync=1 after each", None, sync_writes, unit="IOPS"),
     Workload("cp-large", "write", "cp of the large file inside the tree (copy_file_range)", "large", copy_large,
              unit="MB/s"),
@@ -493,14 +670,26 @@ WORKLOADS = {w.name: w for w in [
     Workload("du-cold", "metadata", "du -s of the walk tree, fresh mount", "walk", du_walk, fresh_mount=True),
     Workload("round-trip", "metadata", "getxattr of an absent name: one FUSE request per call", None,
              round_trip, unit="IOPS"),
-    Workload("visible-p50", "watch", "a backing-dir change seen through the mount: median of 1,000, seconds",
-             None, visibility_p50),
-    Workload("visible-p99", "watch", "a backing-dir change seen through the mount: p99 of 1,000, seconds",
-             None, visibility_p99),
+    Workload("visible-p50", "watch", "a backing-dir change seen through the mount: median of 1,000 "
+             "(the scale's changes), seconds", None, visibility_p50),
+    Workload("visible-p99", "watch", "a backing-dir change seen through the mount: p99 of 1,000 "
+             "(the scale's changes), seconds", None, visibility_p99),
+    Workload("test-rerun", "watch", "a Python project's test run (stat, open, read, import), after one "
+             "untimed run", "project", rerun_tests, warmup=True),
+    Workload("rewalk-warm", "watch", "find -size of the walk tree, fresh mount, after one untimed walk: "
+             "requests, inodes, RSS", "walk", find_stat_walk, fresh_mount=True, warmup=True, by_opcode=True,
+             expect=REVALIDATION_ONLY),
+    Workload("ls-l-cold", "requests", "ls -l of one directory of files, fresh mount", "listing", list_long,
+             fresh_mount=True, by_opcode=True),
+    Workload("ls-l-warm", "requests", "ls -l of one directory of files, after one untimed run", "listing",
+             list_long, warmup=True, by_opcode=True),
+    Workload("appends", "requests", "10-byte appends to one file", None, appends, unit="IOPS", by_opcode=True),
+    Workload("stat-files", "metadata", "stat() of files of the walk tree, one after another", "walk",
+             stat_files, unit="IOPS"),
     Workload("sqlite-journal", "sync", "sqlite, 2 processes inserting, rollback journal", None, sqlite_journal),
     Workload("sqlite-wal", "sync", "sqlite, 2 processes inserting, WAL", None, sqlite_wal),
     Workload("million-find-cold", "million", "find of 1,000 dirs x 1,000 files, fresh mount", "million",
-             find_million, fresh_mount=True),
+             find_million, fresh_mount=True, by_opcode=True),
     Workload("million-du", "million", "du -s of 1,000 dirs x 1,000 files, fresh mount", "million",
-             du_million, fresh_mount=True),
+             du_million, fresh_mount=True, by_opcode=True),
 ]}

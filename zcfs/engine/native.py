@@ -38,13 +38,13 @@ import stat
 import threading
 import time
 import types
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, NamedTuple
 
 import pyfuse3
 import trio
 
 from .. import syscalls
-from ..fs import DOT_NAMES, ZcfsOperations
+from ..fs import DOT_NAMES, ZcfsOperations, errno_of
 from ..inodes import Inode
 from ..mount import MountConfig, UsageError, mount_device
 from ..proto import abi
@@ -82,9 +82,9 @@ class _Leadership(threading.local):
 _SILENT = (Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.INTERRUPT)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class RequestContext:
-    """What pyfuse3's RequestContext carries, for the filesystem's handlers."""
+class RequestContext(NamedTuple):
+    """What pyfuse3's RequestContext carries, for the filesystem's handlers
+    (a named tuple: built for most requests, in a third of a dataclass's time)."""
 
     uid: int
     gid: int
@@ -143,7 +143,8 @@ class Session:
         self._wake_r, self._wake_w = -1, -1
         self._receive_mode = ReceiveMode()
         self._failure: BaseException | None = None
-        self._handlers: dict[int, Callable[[Request], Awaitable[bytes | None]]] = {
+        # A handler returns its reply, or a coroutine to run for it (_answer).
+        self._handlers: dict[int, Callable[[Request], bytes | None | Awaitable[bytes | None]]] = {
             Opcode.INIT: self._init, Opcode.DESTROY: self._destroy,
             Opcode.LOOKUP: self._lookup, Opcode.FORGET: self._forget, Opcode.BATCH_FORGET: self._batch_forget,
             Opcode.GETATTR: self._getattr, Opcode.SETATTR: self._setattr, Opcode.READLINK: self._readlink,
@@ -329,29 +330,35 @@ class Session:
 
     def _answer(self, request: Request) -> bytes | None:
         """Run one request's handler; its reply (errors map to errnos here), if one is due."""
-        handler = self._handlers.get(request.opcode)
-        started = time.perf_counter()
+        opcode = request.header[1]
+        handler = self._handlers.get(opcode)
+        stats = self.stats
+        started = _clock()
         error = 0
         reply: bytes | None = None
-        self.stats.in_flight += 1
+        stats.in_flight += 1
         try:
             if handler is None:
                 error = errno.ENOSYS
             else:
-                reply = _run_to_completion(handler(request))
+                reply = handler(request)
+                if type(reply) is types.CoroutineType:
+                    reply = _run_to_completion(reply)
         except pyfuse3.FUSEError as exc:
             error = exc.errno
+        except OSError as exc:  # from the filesystem's plain methods (ZcfsOperations.find, ...)
+            error = errno_of(exc)
         except Exception:
-            log.exception("error handling %s", _opname(request.opcode))
+            log.exception("error handling %s", _opname(opcode))
             error = errno.EIO
         finally:
-            self.stats.in_flight -= 1
-        if error and request.opcode not in _SILENT:
+            stats.in_flight -= 1
+        if error and opcode not in _SILENT:
             reply = pack_error(request.unique, error)
         # Counted before the reply goes out: once the client has its answer,
         # a stats reader must see the request.
-        self.stats.record_op(_opname(request.opcode), time.perf_counter() - started, error)
-        if error and request.opcode == Opcode.INIT:
+        stats.record_op(_opname(opcode), _clock() - started, error)
+        if error and opcode == Opcode.INIT:
             if reply is not None:
                 self._send(reply)
             raise UsageError(f"the kernel's INIT could not be answered ({errno.errorcode.get(error, error)})")
@@ -402,18 +409,28 @@ class Session:
         self._task_status.started()
         return None
 
-    async def _destroy(self, request: Request) -> bytes:
+    def _destroy(self, request: Request) -> bytes:
         return pack_empty(request.unique)
 
-    async def _interrupt(self, request: Request) -> None:
+    def _interrupt(self, request: Request) -> None:
         return None  # the request runs to completion (see the module's docstring)
 
     # -- inodes ----------------------------------------------------------
 
-    async def _lookup(self, request: Request) -> bytes:
+    # The commonest requests call the filesystem's plain methods and pack
+    # its os.stat_result as it is: no coroutine, no EntryAttributes.
+
+    def _lookup(self, request: Request) -> bytes:
         self._readers.looked_up(request.header.pid, request.nodeid)
-        entry = await self.ops.lookup(request.nodeid, request.body.name, self._context(request))
-        return pack_entry_out(request.unique, *self._entry_args(entry))
+        found = self.ops.find(request.nodeid, request.body.name)
+        if found is None:
+            return pack_entry_out(request.unique, *self._entry_args(self.ops.negative_entry()))
+        inode, st = found
+        nodeid = inode.number
+        options = self.ops.options
+        return pack_entry_out(request.unique, nodeid, inode.generation, options.entry_timeout,
+                              self._attr_timeout(nodeid, options.attr_timeout), st,
+                              self.ops.inodes.attr_ino(nodeid))
 
     def _attr_timeout(self, nodeid: int, seconds: float) -> float:
         """How long the kernel may cache the attributes of `nodeid` (`seconds`, the
@@ -436,16 +453,17 @@ class Session:
         timeout = self._attr_timeout(nodeid, entry.attr_timeout)
         return (nodeid, entry.generation, entry.entry_timeout, timeout, self._shown_attr(nodeid, entry))
 
-    async def _forget(self, request: Request) -> None:
-        await self.ops.forget([(request.nodeid, request.body.nlookup)])
+    def _forget(self, request: Request) -> None:
+        self.ops.forget_lookups([(request.nodeid, request.body.nlookup)])
 
-    async def _batch_forget(self, request: Request) -> None:
-        await self.ops.forget(request.body.forgets)
+    def _batch_forget(self, request: Request) -> None:
+        self.ops.forget_lookups(request.body.forgets)
 
-    async def _getattr(self, request: Request) -> bytes:
-        attr = await self.ops.getattr(request.nodeid, self._context(request))
-        timeout = self._attr_timeout(request.nodeid, attr.attr_timeout)
-        return pack_attr_out(request.unique, timeout, self._shown_attr(request.nodeid, attr))
+    def _getattr(self, request: Request) -> bytes:
+        nodeid = request.nodeid
+        _, st = self.ops.stat_inode(nodeid)
+        timeout = self._attr_timeout(nodeid, self.ops.options.attr_timeout)
+        return pack_attr_out(request.unique, timeout, st, self.ops.inodes.attr_ino(nodeid))
 
     async def _setattr(self, request: Request) -> bytes:
         body = request.body
@@ -494,12 +512,12 @@ class Session:
         entry = await self.ops.mkdir(request.nodeid, b.name, b.mode, self._context(request, b.umask))
         return pack_entry_out(request.unique, *self._entry_args(entry))
 
-    async def _unlink(self, request: Request) -> bytes:
-        await self.ops.unlink(request.nodeid, request.body.name, self._context(request))
+    def _unlink(self, request: Request) -> bytes:
+        self.ops.remove(request.nodeid, request.body.name, directory=False)
         return pack_empty(request.unique)
 
-    async def _rmdir(self, request: Request) -> bytes:
-        await self.ops.rmdir(request.nodeid, request.body.name, self._context(request))
+    def _rmdir(self, request: Request) -> bytes:
+        self.ops.remove(request.nodeid, request.body.name, directory=True)
         return pack_empty(request.unique)
 
     async def _rename(self, request: Request) -> bytes:
@@ -525,8 +543,12 @@ class Session:
     def _open_flags(self, fi: Any) -> tuple[int, int]:
         """FOPEN_* flags and backing id of a new open file, its tier chosen."""
         opened = self.ops.file(fi.fh)
+        # close() of a read-only handle skips FLUSH: our flush only reports
+        # deferred write errors, and the kernel keeps locks itself (we ask
+        # for neither FUSE_POSIX_LOCKS nor FUSE_FLOCK_LOCKS).
+        noflush = abi.FOPEN_NOFLUSH if opened.flags & os.O_ACCMODE == os.O_RDONLY else 0
         if not stat.S_ISREG(opened.inode.mode):
-            return (abi.FOPEN_KEEP_CACHE if fi.keep_cache else 0), 0
+            return (abi.FOPEN_KEEP_CACHE if fi.keep_cache else 0) | noflush, 0
         map_writable = _map_writable(opened.flags)
         state = self.tiers.open(opened.inode, opened.fd, map_writable, self._may_pass_through(opened.fd))
         if state.tier == "passthrough":
@@ -536,8 +558,8 @@ class Session:
                 # from now on they are not cached (TierChooser.uncached).
                 self._send(pack_notify_inval_inode(opened.inode.number))
             # Passthrough conflicts with DIRECT_IO; KEEP_CACHE means nothing to it.
-            return abi.FOPEN_PASSTHROUGH, state.backing_id
-        flags = abi.FOPEN_KEEP_CACHE if fi.keep_cache else 0
+            return abi.FOPEN_PASSTHROUGH | noflush, state.backing_id
+        flags = (abi.FOPEN_KEEP_CACHE if fi.keep_cache else 0) | noflush
         if fi.direct_io:
             flags |= abi.FOPEN_DIRECT_IO
         return flags, 0
@@ -559,9 +581,9 @@ class Session:
         """
         return not (self._killpriv() and os.fstat(fd).st_mode & (stat.S_ISUID | stat.S_ISGID))
 
-    async def _open(self, request: Request) -> bytes:
+    def _open(self, request: Request) -> bytes:
         b = request.body
-        fi = await self.ops.open(request.nodeid, b.flags, self._context(request), self._open_kill(b))
+        fi = self.ops.open_handle(request.nodeid, b.flags, self._context(request), self._open_kill(b))
         open_flags, backing_id = self._open_flags(fi)
         return pack_open_out(request.unique, fi.fh, open_flags, backing_id)
 
@@ -625,20 +647,20 @@ class Session:
         with lock:
             return splice_write(pipe, fd, offset, size)
 
-    async def _flush(self, request: Request) -> bytes:
-        await self.ops.flush(request.body.fh)
+    def _flush(self, request: Request) -> bytes:
+        self.ops.flush_handle(request.body.fh)
         return pack_empty(request.unique)
 
     async def _fsync(self, request: Request) -> bytes:
         await self.ops.fsync(request.body.fh, bool(request.body.fsync_flags & 1))
         return pack_empty(request.unique)
 
-    async def _release(self, request: Request) -> bytes:
+    def _release(self, request: Request) -> bytes:
         fh = request.body.fh
         opened = self.ops.find_file(fh)
         if opened is not None and stat.S_ISREG(opened.inode.mode):
             self.tiers.release(opened.inode, _map_writable(opened.flags))
-        await self.ops.release(fh)
+        self.ops.close_handle(fh)
         return pack_empty(request.unique)
 
     async def _fallocate(self, request: Request) -> bytes:
@@ -661,10 +683,14 @@ class Session:
 
     # -- directories -----------------------------------------------------
 
-    async def _opendir(self, request: Request) -> bytes:
-        fh = await self.ops.opendir(request.nodeid, self._context(request))
-        cached = abi.FOPEN_CACHE_DIR | abi.FOPEN_KEEP_CACHE if self.ops.options.cache_dir else 0
-        return pack_open_out(request.unique, fh, cached)
+    def _opendir(self, request: Request) -> bytes:
+        fh = self.ops.open_dir(request.nodeid)
+        flags = 0
+        if self.ops.options.cache_dir:
+            # KEEP_CACHE on every open: without it an open drops the listing
+            # the keeping open is filling (fuse_open_common).
+            flags = abi.FOPEN_KEEP_CACHE | (abi.FOPEN_CACHE_DIR if self.ops.keeps_listing(fh) else 0)
+        return pack_open_out(request.unique, fh, flags)
 
     async def _readdir(self, request: Request) -> bytes:
         b = request.body
@@ -698,8 +724,8 @@ class Session:
                 break
         return out.pack(request.unique)
 
-    async def _releasedir(self, request: Request) -> bytes:
-        await self.ops.releasedir(request.body.fh)
+    def _releasedir(self, request: Request) -> bytes:
+        self.ops.close_dir(request.body.fh)
         return pack_empty(request.unique)
 
     async def _fsyncdir(self, request: Request) -> bytes:
@@ -713,9 +739,9 @@ class Session:
         await self.ops.setxattr(request.nodeid, b.name, bytes(b.value), self._context(request), b.flags)
         return pack_empty(request.unique)
 
-    async def _getxattr(self, request: Request) -> bytes:
-        value = await self.ops.getxattr(request.nodeid, request.body.name, self._context(request))
-        return _sized_reply(request.unique, request.body.size, value)
+    def _getxattr(self, request: Request) -> bytes:
+        b = request.body
+        return _sized_reply(request.unique, b.size, self.ops.xattr(request.nodeid, b.name))
 
     async def _listxattr(self, request: Request) -> bytes:
         names = await self.ops.listxattr(request.nodeid, self._context(request))
@@ -779,6 +805,7 @@ def _sized_reply(unique: int, size: int, value: bytes) -> bytes:
 
 
 _OPNAMES = {int(op): op.name for op in Opcode}  # Opcode(n).name costs more than the stats it names
+_clock = time.perf_counter
 
 
 def _opname(opcode: int) -> str:

@@ -146,8 +146,8 @@ def copy_read_reply(dev_fd: int, unique: int, file_fd: int, offset: int, size: i
 #: The headers in front of a WRITE's payload: fuse_in_header + fuse_write_in.
 WRITE_HEADERS = 80
 #: Smallest WRITE payload spliced into the backing file; smaller ones are
-#: read and pwritten. Measured with every size spliced (scripts/bench_write.py
-#: --sizes, daemon CPU per GiB, splice vs copy): 16 KiB 8.2 vs 5.3, 32 KiB
+#: read and pwritten. Measured with every size spliced (write blocks of each
+#: size, now `zcfs bench --suite write`; daemon CPU per GiB, splice vs copy): 16 KiB 8.2 vs 5.3, 32 KiB
 #: 5.3 vs 3.3, 64 KiB 2.9 vs 2.3, 128 KiB 1.4 vs 1.7, 1 MiB 0.8 vs 1.0:
 #: below 128 KiB the pipe's per-request cost outweighs the copy it saves.
 SPLICE_WRITE_MIN = 128 * 1024

@@ -1,8 +1,8 @@
 """The backing-dir watcher (`-o cache=watch`): tells the kernel what others changed.
 
-Under `cache=watch` the kernel keeps names, attributes and data for a day,
-as under `cache=always` (listings it reads afresh: fs.CACHE_POLICIES); this module makes that safe when processes
-other than the daemon change the backing directory:
+Under `cache=watch` the kernel keeps names, attributes, data and listings
+for a day, as under `cache=always`; this module makes that safe when
+processes other than the daemon change the backing directory:
 
 1. One fanotify mark on the backing filesystem (FAN_MARK_FILESYSTEM), with
    events reported as file handles (FAN_REPORT_DFID_NAME | FAN_REPORT_FID |

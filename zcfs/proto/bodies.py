@@ -1,4 +1,4 @@
-"""The request bodies: one frozen dataclass per opcode's fuse.h struct.
+"""The request bodies: one frozen dataclass per opcode's fuse.h struct (and the header).
 
 Fields are named as in fuse.h; padding members are dropped; names are
 ``bytes`` without their NUL terminator. ``opcodes.OPCODES`` says which body
@@ -8,14 +8,17 @@ each opcode has and how to read it; ``requests.parse_request`` fills them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import NamedTuple, Union
 
 _body = dataclass(frozen=True, slots=True)
 
 
-@_body
-class InHeader:
-    """struct fuse_in_header; ``length`` is fuse.h's ``len``."""
+class InHeader(NamedTuple):
+    """struct fuse_in_header; ``length`` is fuse.h's ``len``.
+
+    A named tuple, not a dataclass: one is built for every request, and a
+    tuple is built from ``IN_HEADER.unpack_from`` in a third of the time.
+    """
 
     length: int
     opcode: int

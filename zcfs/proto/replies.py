@@ -151,19 +151,19 @@ def pack_attr(attr) -> bytes:
 
 
 def pack_entry_out(unique: int, nodeid: int, generation: int, entry_timeout: float,
-                   attr_timeout: float, attr) -> bytes:
-    """LOOKUP, MKNOD, MKDIR, SYMLINK, LINK reply.
+                   attr_timeout: float, attr, ino: int | None = None) -> bytes:
+    """LOOKUP, MKNOD, MKDIR, SYMLINK, LINK reply (`ino`: shown instead of attr.st_ino).
 
     For LOOKUP, ``nodeid`` 0 with ``attr`` None is a cacheable negative entry
     (ENOENT remembered for ``entry_timeout``).
     """
     return _ENTRY.pack(_ENTRY.size, 0, unique,
-                       *_entry_values(nodeid, generation, entry_timeout, attr_timeout, attr))
+                       *_entry_values(nodeid, generation, entry_timeout, attr_timeout, attr, ino))
 
 
-def pack_attr_out(unique: int, attr_timeout: float, attr) -> bytes:
-    """GETATTR and SETATTR reply."""
-    return _ATTR.pack(_ATTR.size, 0, unique, *_timeout(attr_timeout), *_attr_values(attr))
+def pack_attr_out(unique: int, attr_timeout: float, attr, ino: int | None = None) -> bytes:
+    """GETATTR and SETATTR reply (`ino`: shown instead of attr.st_ino)."""
+    return _ATTR.pack(_ATTR.size, 0, unique, *_timeout(attr_timeout), *_attr_values(attr, ino))
 
 
 def pack_open_out(unique: int, fh: int, open_flags: int, backing_id: int = 0) -> bytes:
