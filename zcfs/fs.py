@@ -119,6 +119,11 @@ class OpenFile:
     flags: int
 
 
+# (next_offset, name, d_ino, d_type, inode, lstat): a listed entry looked up
+# for READDIRPLUS (see ZcfsOperations.list_looked_up).
+ListedEntry = tuple[int, bytes, int, int, Inode | None, os.stat_result | None]
+
+
 @dataclasses.dataclass(eq=False)
 class OpenDir:
     """An open directory: a listing snapshot, in the order of its entries' cookies."""
@@ -744,35 +749,38 @@ class ZcfsOperations(pyfuse3.Operations):
             parent = known.number if known is not None else st.st_ino
         return [(_DOT_COOKIES[0], b".", node.number, _DT_DIR), (_DOT_COOKIES[1], b"..", parent, _DT_DIR)]
 
-    def lookup_listed(self, fh: int, name: bytes) -> tuple[Inode, os.stat_result] | None:
-        """Look up a listed name for READDIRPLUS: its inode (one kernel lookup
-        counted) and lstat; None if it vanished since."""
-        try:
-            return self._lookup_name(self._opendir(fh).inode, name)
-        except FileNotFoundError:
-            return None
-
-    def lookup_entry(self, fh: int, name: bytes) -> pyfuse3.EntryAttributes | None:
-        """`lookup_listed` as pyfuse3 takes it."""
-        found = self.lookup_listed(fh, name)
-        return None if found is None else self._attributes(*found)
+    def list_looked_up(self, fh: int, start: int, files: bool = True) -> Iterator[ListedEntry]:
+        """`list_entries` for READDIRPLUS: each name with its inode (one kernel
+        lookup counted) and lstat, but "." and ".." (the kernel takes no
+        lookup of them), and with `files` False all but subdirectories and
+        objects in use (whose attributes the kernel may have dropped after a
+        write), with None and None. Names gone since the listing was taken
+        are left out. An entry the caller does not send must be forgotten
+        (`inodes.forget`): the kernel will not count it.
+        """
+        parent = self._opendir(fh).inode
+        dev = 0 if files else os.fstat(parent.fd).st_dev
+        for next_offset, name, d_ino, d_type in self.list_entries(fh, start):
+            if name in DOT_NAMES or not (files or d_type == _DT_DIR or self.inodes.in_use(dev, d_ino)):
+                yield next_offset, name, d_ino, d_type, None, None
+                continue
+            try:
+                inode, st = self._lookup_name(parent, name)
+            except FileNotFoundError:
+                continue  # vanished since the listing was taken
+            yield next_offset, name, d_ino, d_type, inode, st
 
     @_errors
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
-        for next_offset, name, d_ino, _ in self.list_entries(fh, start_id):
-            if name in DOT_NAMES:
-                # No lookup: the kernel takes no reference on "." and "..".
+        for next_offset, name, d_ino, _, inode, st in self.list_looked_up(fh, start_id):
+            if inode is None:
                 entry = pyfuse3.EntryAttributes()
                 entry.st_ino, entry.st_mode = d_ino, stat.S_IFDIR
-                if not pyfuse3.readdir_reply(token, name, entry, next_offset):
-                    break
-                continue
-            entry = self.lookup_entry(fh, name)
-            if entry is None:
-                continue
+            else:
+                entry = self._attributes(inode, st)
             if not pyfuse3.readdir_reply(token, name, entry, next_offset):
-                # Not sent: the kernel will not count this lookup.
-                self.inodes.forget(entry.st_ino, 1)
+                if inode is not None:
+                    self.inodes.forget(inode.number, 1)
                 break
 
     async def releasedir(self, fh: int) -> None:

@@ -501,6 +501,10 @@ class InodeTable:
         number = self._odd_by_identity.get((st.st_dev, st.st_ino))
         return None if number is None else Inode(self, number)
 
+    def in_use(self, dev: int, ino: int) -> bool:
+        """Whether the object (st_dev, st_ino) is known with its fd open: open now, or used lately."""
+        return (dev, ino) in self._open_by_identity
+
     def keep_fd(self, inode: Inode) -> None:
         """Never evict `inode`'s fd: it lost its last name, so its handle no longer opens it.
 

@@ -67,7 +67,7 @@ SUITES = {
         "data and metadata workloads over every read tier"),
     "meta": Suite(
         ["cat-small", "git-status-cold", "git-status-warm", "git-grep-cold", "git-grep-warm", "untar", "rm-rf",
-         "tar-c", "find-cold", "ls-lR-cold", "round-trip", "sqlite-journal", "sqlite-wal", "visible-p50",
+         "tar-c", "find-cold", "ls-lR-cold", "du-cold", "round-trip", "sqlite-journal", "sqlite-wal", "visible-p50",
          "visible-p99"],
         ["direct", "pyfuse3", "native", "native+cache=auto", "native+cache=always"],
         "small files, git, untar, find, sqlite over both engines and the cache policies"),

@@ -427,6 +427,10 @@ def ls_walk(ctx: Context) -> Measure:
     return ctx.measure(lambda: run(["ls", "-lR", "walk"], cwd=ctx.root), ops=ctx.scale.walk_entries)
 
 
+def du_walk(ctx: Context) -> Measure:
+    return ctx.measure(lambda: run(["du", "-s", "walk"], cwd=ctx.root), ops=ctx.scale.walk_entries)
+
+
 def find_stat_walk(ctx: Context) -> Measure:
     """find that stats every entry (-size): one LOOKUP each when cold, so the kernel remembers them all."""
     return ctx.measure(lambda: run(["find", "walk", "-size", "+1G"], cwd=ctx.root), ops=ctx.scale.walk_entries)
@@ -663,6 +667,7 @@ WORKLOADS = {w.name: w for w in [
     Workload("git-grep-warm", "metadata", "git grep, after one untimed run", "repo", git_grep, warmup=True),
     Workload("find-cold", "metadata", "find of the walk tree, fresh mount", "walk", find_walk, fresh_mount=True),
     Workload("ls-lR-cold", "metadata", "ls -lR of the walk tree, fresh mount", "walk", ls_walk, fresh_mount=True),
+    Workload("du-cold", "metadata", "du -s of the walk tree, fresh mount", "walk", du_walk, fresh_mount=True),
     Workload("round-trip", "metadata", "getxattr of an absent name: one FUSE request per call", None,
              round_trip, unit="IOPS"),
     Workload("visible-p50", "watch", "a backing-dir change seen through the mount: median of 1,000 "

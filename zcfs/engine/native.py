@@ -67,6 +67,7 @@ from ..proto import (
 from ..stats import Stats
 from ..proto.ring import parse_ring_request, payload_size
 from . import devfuse, uring, watch
+from .listing import Readers
 from .backing import TierChooser
 from .uring import RingEntry, RingQueue
 from .splice import (
@@ -180,6 +181,7 @@ class Session:
         if config.fs.writeback_cache and best == "passthrough":
             best = "splice"  # the kernel refuses passthrough with the writeback cache
         self.tiers = TierChooser(dev_fd, best, stats)
+        self._readers = Readers()  # which listings carry their files' attributes
         # FUSE_ASYNC_DIO is never asked for (_CAPABILITIES): the kernel waits
         # for every direct write and drops the pages it covers itself.
         ops.async_direct_writes = False
@@ -632,6 +634,7 @@ class Session:
     # its os.stat_result as it is: no coroutine, no EntryAttributes.
 
     def _lookup(self, request: Request) -> bytes:
+        self._readers.looked_up(request.header.pid, request.nodeid)
         found = self.ops.find(request.nodeid, request.body.name)
         if found is None:
             return pack_entry_out(request.unique, *self._entry_args(self.ops.negative_entry()))
@@ -926,17 +929,15 @@ class Session:
         b = request.body
         out = DirentBuffer(b.size, plus=True)
         options, attr_ino = self.ops.options, self.ops.inodes.attr_ino
-        for next_offset, name, d_ino, d_type in self.ops.list_entries(b.fh, b.offset):
-            if name in DOT_NAMES:
-                # nodeid 0: the kernel takes no lookup reference on "." and "..".
-                if not out.add(name, attr_ino(d_ino), d_type, next_offset):
+        files = self._readers.file_attributes(request.header.pid, request.nodeid)
+        for next_offset, name, d_ino, d_type, inode, st in self.ops.list_looked_up(b.fh, b.offset, files):
+            if inode is None:
+                # nodeid 0: the kernel lists the name alone, and takes no lookup
+                # reference (never one on "." and "..", whose d_ino are node ids).
+                if not out.add(name, attr_ino(d_ino) if name in DOT_NAMES else d_ino, d_type, next_offset):
                     break
                 continue
-            found = self.ops.lookup_listed(b.fh, name)
-            if found is None:
-                continue  # vanished since the listing was taken
             # Packed straight from the lstat: this runs for every entry of a listing.
-            inode, st = found
             nodeid = inode.number
             entry = (nodeid, inode.generation, options.entry_timeout,
                      self._attr_timeout(nodeid, options.attr_timeout), st)
@@ -1047,10 +1048,13 @@ def _opname(opcode: int) -> str:
 
 
 # The INIT capabilities we ask for; the granted ones are shown in stats.
-# DO_READDIRPLUS without READDIRPLUS_AUTO: every listing carries attributes.
+# DO_READDIRPLUS without READDIRPLUS_AUTO: every listing is a READDIRPLUS,
+# and engine/listing.py decides, per reader, which entries carry attributes.
 # With AUTO the kernel lists all but a directory's first chunk plainly when
 # the reader does not stat in between (fts, as in du and git, reads a whole
-# directory first), and then pays a LOOKUP round trip per entry.
+# directory first), and then pays a LOOKUP round trip per entry; yet it gives
+# attributes to every first chunk, so a name walker (find) of directories of
+# a few hundred entries would gain nothing.
 _CAPABILITIES = (
     "ASYNC_READ", "BIG_WRITES", "PARALLEL_DIROPS", "DO_READDIRPLUS",
     "ATOMIC_O_TRUNC", "EXPORT_SUPPORT", "MAX_PAGES", "AUTO_INVAL_DATA", "SPLICE_WRITE", "SPLICE_MOVE", "SPLICE_READ",

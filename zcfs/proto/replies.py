@@ -43,7 +43,9 @@ _LK = _with_header(abi.LK_OUT)
 _BMAP = _with_header(abi.BMAP_OUT)
 _COPY = _with_header(abi.COPY_FILE_RANGE_OUT)
 _DIRENT_SIZE = abi.DIRENT_HEAD.size
-_DIRENTPLUS_SIZE = abi.ENTRY_OUT.size + abi.DIRENT_HEAD.size
+# fuse_direntplus: fuse_entry_out then fuse_dirent's head, packed in one call.
+_DIRENTPLUS = struct.Struct(abi.ENTRY_OUT.format + abi.DIRENT_HEAD.format[1:])
+_DIRENTPLUS_SIZE = _DIRENTPLUS.size
 _NO_ENTRY_OUT = bytes(abi.ENTRY_OUT.size)  # nodeid 0: the kernel only lists the name
 
 
@@ -132,10 +134,15 @@ def _timeout(seconds: float) -> tuple[int, int]:
 def _entry_values(nodeid: int, generation: int, entry_timeout: float, attr_timeout: float,
                   attr, ino: int | None = None) -> tuple[int, ...]:
     """fuse_entry_out members (`ino`: as in _attr_values)."""
+    return (nodeid, generation, *_validity(entry_timeout, attr_timeout), *_attr_values(attr, ino))
+
+
+@functools.lru_cache(maxsize=64)
+def _validity(entry_timeout: float, attr_timeout: float) -> tuple[int, int, int, int]:
+    """fuse_entry_out's entry_valid, attr_valid, entry_valid_nsec, attr_valid_nsec."""
     entry_valid, entry_nsec = _timeout(entry_timeout)
     attr_valid, attr_nsec = _timeout(attr_timeout)
-    return (nodeid, generation, entry_valid, attr_valid, entry_nsec, attr_nsec,
-            *_attr_values(attr, ino))
+    return entry_valid, attr_valid, entry_nsec, attr_nsec
 
 
 def pack_attr(attr) -> bytes:
@@ -254,20 +261,22 @@ class DirentBuffer:
         padded = (reclen + 7) & ~7  # FUSE_DIRENT_ALIGN: records start 8-byte aligned
         if len(buf) + padded > self.size:
             return False
-        if self.plus:
-            if entry is None:
+        # Appended piece by piece, an entry with attributes in one pack: this
+        # runs for every entry of every listing.
+        if entry is not None:
+            if not self.plus:
+                raise ValueError("entry is only meaningful for READDIRPLUS")
+            nodeid, generation, entry_timeout, attr_timeout, attr = entry
+            if nodeid and name in _DOTS:
+                raise ValueError(f"{name!r} must have nodeid 0 (the kernel ignores it)")
+            if nodeid == abi.FUSE_ROOT_ID:
+                raise ValueError("READDIRPLUS entries may not point at FUSE_ROOT_ID")
+            buf += _DIRENTPLUS.pack(nodeid, generation, *_validity(entry_timeout, attr_timeout),
+                                    *_attr_values(attr, ino), ino, next_offset, namelen, type_)
+        else:
+            if self.plus:
                 buf += _NO_ENTRY_OUT
-            else:
-                nodeid = entry[0]
-                if nodeid and name in _DOTS:
-                    raise ValueError(f"{name!r} must have nodeid 0 (the kernel ignores it)")
-                if nodeid == abi.FUSE_ROOT_ID:
-                    raise ValueError("READDIRPLUS entries may not point at FUSE_ROOT_ID")
-                buf += abi.ENTRY_OUT.pack(*_entry_values(*entry, ino))
-        elif entry is not None:
-            raise ValueError("entry is only meaningful for READDIRPLUS")
-        # Appended piece by piece: this runs for every entry of every listing.
-        buf += abi.DIRENT_HEAD.pack(ino, next_offset, namelen, type_)
+            buf += abi.DIRENT_HEAD.pack(ino, next_offset, namelen, type_)
         buf += name
         buf += _PADDING[padded - reclen]
         self.count += 1
