@@ -146,13 +146,13 @@ def test_unmount_with_requests_in_flight(uring_on, mount_factory):
 
 _INTERRUPTED_READER = """
     import hashlib, mmap, os, signal, sys
-    path, digest, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    path, digest, stop = sys.argv[1], sys.argv[2], sys.argv[3]
     signal.signal(signal.SIGUSR1, lambda *_: None)
     buf = mmap.mmap(-1, 1 << 20)
     fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
     size = os.fstat(fd).st_size
     print("started", flush=True)
-    for _ in range(rounds):
+    while not os.path.exists(stop):
         h = hashlib.sha256()
         for offset in range(0, size, 1 << 20):
             n = os.preadv(fd, [buf], offset)  # EINTR is retried (PEP 475)
@@ -162,29 +162,42 @@ _INTERRUPTED_READER = """
 """
 
 
-def test_interrupted_ring_requests(uring_on, mount_factory):
+def _interrupts(mount) -> int:
+    return mount.stats()["ops"].get("INTERRUPT", {}).get("count", 0)
+
+
+def test_interrupted_ring_requests(uring_on, mount_factory, tmp_path):
     """Signals during READs on the ring: INTERRUPT comes on /dev/fuse, the data is right,
     the daemon serves on."""
     mount = mount_factory("native-off")
     data = random.Random(3).randbytes(8 * MiB)
     (mount.backing / "big").write_bytes(data)
+    stop = tmp_path / "stop"
     client = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_INTERRUPTED_READER), str(mount.path / "big"),
-                               hashlib.sha256(data).hexdigest(), "20"], stdout=subprocess.PIPE, text=True)
+                               hashlib.sha256(data).hexdigest(), str(stop)], stdout=subprocess.PIPE, text=True)
     try:
         assert client.stdout.readline().strip() == "started"
-        while client.poll() is None:
-            try:
+
+        def signalled_until_interrupted() -> bool:
+            # A signal interrupts a request only if it lands while one is in
+            # flight: signal until the daemon has seen an INTERRUPT.
+            for _ in range(20):
+                if client.poll() is not None:
+                    return True  # the reader failed: reported below
                 os.kill(client.pid, signal.SIGUSR1)
-            except ProcessLookupError:
-                break
-            os.sched_yield()
+                os.sched_yield()
+            return _interrupts(mount) > 0
+
+        assert wait_until(signalled_until_interrupted, timeout=120), "no INTERRUPT reached the daemon"
+        stop.touch()
+        client.wait(timeout=120)
     finally:
         client.kill()
         client.wait()
     assert client.returncode == 0, "the reader failed (wrong data or an error)"
     stats = mount.stats()
     assert stats["transport"] == "uring" and stats["read"]["copy"]["requests"] > 0
-    assert stats["ops"].get("INTERRUPT", {}).get("count", 0) > 0, stats["ops"].keys()
+    assert _interrupts(mount) > 0
     before = ring_requests(mount)
     os.listdir(mount.path)
     assert ring_requests(mount) > before
