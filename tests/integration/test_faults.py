@@ -33,7 +33,7 @@ import pytest
 from conftest import start_mount, stop_mount, wait_until
 
 MiB = 1 << 20
-STRESS_SECONDS = float(os.environ.get("ZCFS_CLIENTS_SECONDS") or os.environ.get("ZCFS_STRESS_SECONDS") or 15)
+STRESS_SECONDS = float(os.environ.get("ZCFS_CLIENTS_SECONDS") or os.environ.get("ZCFS_STRESS_SECONDS") or 8)
 CLIENTS = 64
 
 

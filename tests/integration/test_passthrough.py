@@ -695,7 +695,7 @@ def test_opens_racing_with_releases(pt_mount):
 
 # -- no leaks --------------------------------------------------------------
 
-FILES, ROUNDS, WORKERS = 1000, 100, 4
+FILES, ROUNDS, WORKERS = 1000, 50, 4
 
 _OPENER = r"""
 import json, os, sys
@@ -724,7 +724,7 @@ print(json.dumps({"opened": opened, "refused": refused, "unexpected": unexpected
 
 
 def test_no_backing_id_or_fd_leaks(pt_mount):
-    """100,000 opens and closes (4 processes), with refused opens mixed in: nothing left behind."""
+    """50,000 opens and closes (4 processes), with refused opens mixed in: nothing left behind."""
     m = pt_mount
     for i in range(FILES):
         (m.backing / f"f{i}").write_bytes(b"%d" % i)

@@ -10,7 +10,7 @@ must have cleaned up after itself (so every unlink and rmdir worked), and
 once the kernel drops its caches the daemon must hold no more backing
 fds than before (no open file or inode leaked under load).
 
-ZCFS_STRESS_SECONDS (default 5) sets the run time (scripts/stress_long.sh).
+ZCFS_STRESS_SECONDS (default 3) sets the run time (scripts/stress_long.sh).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import pytest
 
 from conftest import wait_until
 
-SECONDS = int(os.environ.get("ZCFS_STRESS_SECONDS", "5"))
+SECONDS = int(os.environ.get("ZCFS_STRESS_SECONDS", "3"))
 
 # Flags checked against stress-ng 0.15 (Debian 12); --mmap-file makes the
 # mmap stressor map a file in the temp path instead of anonymous memory.
