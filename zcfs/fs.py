@@ -68,7 +68,7 @@ class FsOptions:
     keep_cache: bool = True
     direct_io: bool = False  # bypass the mount's page cache (splice/copy tiers)
     writeback_cache: bool = False  # the kernel gathers writes (native engine, splice/copy tiers)
-    cache_dir: bool = False  # let the kernel keep directory listings (FOPEN_CACHE_DIR)
+    cache_dir: bool = True  # let the kernel keep directory listings (FOPEN_CACHE_DIR)
     # Watch the backing dir and tell the kernel what others change there
     # (engine/watch.py), so the long timeouts above stay correct.
     watch: bool = True
