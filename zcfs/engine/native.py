@@ -439,14 +439,17 @@ class Session:
         return best == "splice" or (best == "passthrough" and not _admin_in_initial_namespace())
 
     def _ring_refused(self, reason: str, why: str) -> None:
-        """Say in stats, and once in the log, why the session serves on /dev/fuse.
+        """Say in stats, and once in the log unless not offered, why the session serves on /dev/fuse.
 
         Apart from the tiers' fallbacks: not being offered the ring is the
         usual state of a kernel (enable_uring is N by default), not a failure.
         """
         self.transport = self.stats.info["transport"] = "devfuse"
         self.stats.info["transport_fallback"] = reason
-        level = logging.WARNING if self.config.transport == "uring" else logging.INFO
+        if self.config.transport == "uring":
+            level = logging.WARNING
+        else:  # auto: not offered is the usual state, said in stats only
+            level = logging.DEBUG if reason == "uring-not-offered" else logging.INFO
         log.log(level, "FUSE over io_uring is not used: %s; serving on /dev/fuse", why)
 
     def _ring_worker(self, queue: RingQueue, register: bool) -> None:
