@@ -10,8 +10,7 @@ from zcfs.fs import CACHE_POLICIES, FsOptions
 
 
 def test_defaults_are_the_watch_policy():
-    # A mount without -o cache= must behave as one with -o cache=watch (its
-    # listings kept, as its names and attributes are).
+    # A mount without -o cache= must behave as one with -o cache=watch.
     assert FsOptions().cache == "watch"
     assert dataclasses.replace(FsOptions(), **CACHE_POLICIES["watch"]) == FsOptions()
 
