@@ -337,7 +337,15 @@ def _in_namespace(tmp: Path) -> dict:
     report["launcher"] = {"rc": launched.returncode, "stderr": launched.stderr}
     if mount_is_listed(mnt):
         report["launcher"]["read"] = (mnt / names[0]).read_bytes().decode()
-        report["launcher"]["stats"] = json.loads(os.getxattr(mnt, "user.zcfs.stats"))
+
+        def stats() -> dict:
+            return json.loads(os.getxattr(mnt, "user.zcfs.stats"))
+        # A spliced READ is counted once its reply is out, so the client can
+        # ask for stats first: wait for the count, not for a time.
+        wait = time.monotonic() + 10
+        while stats()["read"]["splice"]["requests"] < 1 and time.monotonic() < wait:
+            time.sleep(0.05)
+        report["launcher"]["stats"] = stats()
         subprocess.run(["umount", str(mnt)], check=True)  # the daemon sees ENODEV and exits
 
     # 3. --zero-copy passthrough in the foreground, logging to stderr
